@@ -1,0 +1,1 @@
+"""deocc: placeholder package; see ../shared/SPEC.md."""

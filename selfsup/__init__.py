@@ -1,0 +1,1 @@
+"""selfsup: placeholder package; see ../shared/SPEC.md."""

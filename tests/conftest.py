@@ -1,0 +1,36 @@
+"""Shared fixtures: where ../shared lives, and small models made on the fly."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_root() -> Path:
+    return Path(os.environ.get("FACE3D_SHARED", REPO.parent / "shared")).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (or ``$FACE3D_SHARED/data``); skips the test where it is absent."""
+    root = _shared_root() / "data"
+    if not root.is_dir():
+        pytest.skip(f"shared test data not found at {root} (set FACE3D_SHARED to the folder holding data/)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def toy_model():
+    """A small synthetic 3DMM (about 1.3k vertices) with known bases; see face3d.synthetic."""
+    from face3d.synthetic import make_toy_model
+
+    return make_toy_model(seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
