@@ -34,3 +34,13 @@ def toy_model():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Suites marked ``slow`` run only with FACE3D_SLOW=1 or when selected with ``-m slow``."""
+    if os.environ.get("FACE3D_SLOW") == "1" or "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow suite: set FACE3D_SLOW=1 or run `pytest -m slow`")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
