@@ -1,0 +1,153 @@
+"""Render speed: milliseconds per 224² frame of the ICT-FaceKit face, per rasterizer backend.
+
+Measures, for each backend available here, (a) rasterization alone (visibility + the torch
+barycentrics/depth), (b) a full shaded render (vertex normals, interpolation, SH shading,
+compositing), and (c) forward + backward of a photometric loss through the full render.
+The face (ICT face region, 9409 vertices, 18 460 triangles) looks at the camera with a
+20° yaw and fills most of the frame, as in a 224² crop for fitting.
+
+Mesh source, first that works: ``--model`` (a face3d .npz), the ICT converter on
+``--ict`` (default ../shared/data/models/ict-facekit.tar.xz), or, if the converter is not
+importable, the neutral mesh read straight from that archive.
+
+Usage: ``python bench/render.py [--threads N] [--repeats R] [--batch B]``. The last line is
+``render_ms_per_frame VALUE ms`` for the default ("auto") backend's full render.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from face3d.camera import Intrinsics, euler_to_matrix, transform
+from face3d.lighting import NUM_SH
+from face3d.render import RenderSettings, Renderer, available_rasterizers, get_rasterizer
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_ICT = Path(os.environ.get("FACE3D_SHARED", REPO.parent / "shared")) / "data/models/ict-facekit.tar.xz"
+
+
+def _neutral_from_archive(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """ICT neutral face region straight from the archive: vertices (9409, 3) mm, triangles.
+
+    TODO: drop once face3d.converters.ict (convert_ict) is merged; it is the supported path.
+    """
+    with tarfile.open(path, mode="r|*") as tf:
+        for member in tf:
+            if member.name.endswith("FaceXModel/generic_neutral_mesh.obj"):
+                text = tf.extractfile(member).read().decode()
+                break
+        else:
+            raise FileNotFoundError(f"{path} holds no FaceXModel/generic_neutral_mesh.obj")
+    verts, faces = [], []
+    for line in text.splitlines():
+        if line.startswith("v "):
+            verts.append([float(t) for t in line.split()[1:4]])
+        elif line.startswith("f "):
+            faces.append([int(t.split("/")[0]) - 1 for t in line.split()[1:]])
+    v = np.asarray(verts[:9409]) * 10.0  # cm → mm
+    tris = []
+    for poly in faces[:9230]:  # face region polygons; fan-split the quads
+        for k in range(1, len(poly) - 1):
+            tris.append([poly[0], poly[k], poly[k + 1]])
+    return v.astype(np.float32), np.asarray(tris, np.int64)
+
+
+def load_face(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(vertices mm, triangles, albedo, description)."""
+    if args.model:
+        from face3d.morphable_model import load_model_arrays
+
+        m = load_model_arrays(args.model)
+        return m.mean_shape, m.triangles, m.mean_albedo, f"{args.model}"
+    try:
+        from face3d.converters.ict import convert_ict
+    except ImportError:
+        convert_ict = None
+    if convert_ict is not None:
+        m = convert_ict(args.ict)
+        return m.mean_shape, m.triangles, m.mean_albedo, "ICT via face3d.converters.ict"
+    v, t = _neutral_from_archive(Path(args.ict))
+    albedo = np.tile(np.array([[0.62, 0.42, 0.33]], np.float32), (len(v), 1))
+    return v, t, albedo, "ICT neutral mesh read from the archive"
+
+
+def timeit(fn, repeats: int) -> tuple[float, float]:
+    """(median, min) milliseconds of ``fn()`` over ``repeats`` runs after two warm-ups."""
+    fn()
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="face3d model .npz to render instead of ICT")
+    ap.add_argument("--ict", default=str(DEFAULT_ICT), help="ICT-FaceKit archive or folder")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    t0 = time.perf_counter()
+    verts, tris, albedo, source = load_face(args)
+    print(f"mesh: {source}; {len(verts)} vertices, {len(tris)} triangles (loaded in {time.perf_counter() - t0:.1f} s)")
+    b, size = args.batch, args.size
+    v = torch.as_tensor(verts, dtype=torch.float32)[None].expand(b, -1, -1)
+    tri = torch.as_tensor(tris, dtype=torch.long)
+    alb = torch.as_tensor(albedo, dtype=torch.float32)[None].expand(b, -1, -1).contiguous()
+    K = Intrinsics.default(size, size, batch=b)
+    # distance so that the face (about 150 mm wide) spans ~80% of the frame
+    width_mm = float(v[0, :, 0].max() - v[0, :, 0].min())
+    dist = float(K.focal[0, 0]) * width_mm / (0.8 * size)
+    center = v[0].mean(0)
+    R = euler_to_matrix(torch.full((b,), 20.0), torch.full((b,), -5.0), torch.zeros(b))
+    t = torch.tensor([0.0, 0.0, dist]).expand(b, 3) - (center @ R.transpose(-1, -2))
+    vc = transform(v, R, t).contiguous()
+    sh = torch.zeros(b, 3 * NUM_SH)
+    sh[:, 2::NUM_SH] = 0.3  # some light from the camera side
+    print(f"image {size}x{size}, batch {b}, torch threads {torch.get_num_threads()}, "
+          f"backends available: {', '.join(available_rasterizers())}")
+
+    results: dict[str, float] = {}
+    auto_name = get_rasterizer("auto", vc.device).name
+    for name in available_rasterizers():
+        r = Renderer(RenderSettings(image_size=size, backend=name))
+        out = r.render(vc, tri, K, albedo=alb, sh=sh)
+        cover = float(out.mask.mean())
+        rast_med, rast_min = timeit(lambda: r.rasterize(vc, tri, K), args.repeats)
+        full_med, full_min = timeit(lambda: r.render(vc, tri, K, albedo=alb, sh=sh), args.repeats)
+        vg = vc.clone().requires_grad_(True)
+        sg = sh.clone().requires_grad_(True)
+
+        def fwd_bwd() -> None:
+            img = r.render(vg, tri, K, albedo=alb, sh=sg).image
+            img.square().mean().backward()
+
+        grad_med, grad_min = timeit(fwd_bwd, max(5, args.repeats // 3))
+        results[name] = full_med / b
+        print(f"[{name}] coverage {cover:.1%} | per frame: rasterize {rast_med / b:.2f} ms (min {rast_min / b:.2f}), "
+              f"full render {full_med / b:.2f} ms (min {full_min / b:.2f}), "
+              f"render+backward {grad_med / b:.2f} ms (min {grad_min / b:.2f})")
+    target = 10.0
+    value = results[auto_name]
+    print(f"default backend: {auto_name}; target <= {target:.0f} ms per frame: {'met' if value <= target else 'NOT met'}")
+    print(f"render_ms_per_frame {value:.2f} ms")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
