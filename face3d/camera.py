@@ -182,3 +182,39 @@ def vertex_normals(vertices: Tensor, triangles: Tensor) -> Tensor:
     for k in range(3):
         n = n.index_add(1, triangles[:, k], fn)
     return torch.nn.functional.normalize(n, dim=-1, eps=1e-12)
+
+
+def crop_intrinsics(screen_xy: Tensor, intrinsics: Intrinsics, max_res: int, margin: float = 0.05
+                 ) -> tuple[Intrinsics, int, int, Tensor, Tensor]:
+    """A camera whose image is the face's bounding box (plus margin), at most ``max_res`` px.
+
+    Returns (intrinsics, h, w, offset (B, 2), scale (B,)) with crop pixel p ↔ image pixel
+    (p + 0.5) / scale − 0.5 + offset.
+    """
+    lo, hi = screen_xy.amin(1), screen_xy.amax(1)  # (B, 2)
+    size = (hi - lo).amax(1) * (1.0 + 2.0 * margin)
+    centre = (lo + hi) / 2.0
+    scale = (max_res / size.clamp_min(1.0)).clamp(max=1.0)  # never upsample beyond the photo
+    side = int(math.ceil(float((size * scale).max())))
+    offset = centre - (side / scale[:, None]) / 2.0
+    fxy = intrinsics.fxy() * scale[:, None]
+    principal = (intrinsics.principal - offset + 0.5) * scale[:, None] - 0.5
+    return Intrinsics(fxy, principal), side, side, offset, scale
+
+def crop_image(image: Tensor, height: int, width: int, offset: Tensor, scale: Tensor,
+               padding: str = "border") -> tuple[Tensor, Tensor]:
+    """Resample ``image`` (B, C, H, W) into the crop of :func:`crop_intrinsics`.
+
+    Returns the crop (B, C, height, width) (bilinear, sampled at the crop's pixel centres)
+    and a (B, 1, height, width) float mask of crop pixels that fall inside the image.
+    """
+    b, _, h_img, w_img = image.shape
+    dt, dev = image.dtype, image.device
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=dt, device=dev), torch.arange(width, dtype=dt, device=dev),
+                            indexing="ij")
+    img_x = (xs[None] + 0.5) / scale[:, None, None].to(dt) - 0.5 + offset[:, 0, None, None].to(dt)
+    img_y = (ys[None] + 0.5) / scale[:, None, None].to(dt) - 0.5 + offset[:, 1, None, None].to(dt)
+    grid = torch.stack([(img_x + 0.5) / w_img * 2 - 1, (img_y + 0.5) / h_img * 2 - 1], -1)
+    crop = torch.nn.functional.grid_sample(image, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    inside = ((img_x >= -0.5) & (img_x <= w_img - 0.5) & (img_y >= -0.5) & (img_y <= h_img - 0.5))[:, None]
+    return crop, inside.to(dt)

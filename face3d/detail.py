@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from face3d.camera import Intrinsics, project
+from face3d.camera import Intrinsics, crop_image, crop_intrinsics, project
 from face3d.color import srgb_to_linear
 from face3d.lighting import estimate_sh, irradiance
 from face3d.render import Renderer, RenderSettings, interpolate_vertex_attributes, vertex_visibility
@@ -95,24 +95,6 @@ class DetailResult:
     sh: Tensor
     mask: Tensor
     intrinsics: Intrinsics
-
-
-def _crop_camera(screen_xy: Tensor, intrinsics: Intrinsics, max_res: int, margin: float = 0.05
-                 ) -> tuple[Intrinsics, int, int, Tensor, Tensor]:
-    """A camera whose image is the face's bounding box (plus margin), at most ``max_res`` px.
-
-    Returns (intrinsics, h, w, offset (B, 2), scale (B,)) with crop pixel p ↔ image pixel
-    (p + 0.5) / scale − 0.5 + offset.
-    """
-    lo, hi = screen_xy.amin(1), screen_xy.amax(1)  # (B, 2)
-    size = (hi - lo).amax(1) * (1.0 + 2.0 * margin)
-    centre = (lo + hi) / 2.0
-    scale = (max_res / size.clamp_min(1.0)).clamp(max=1.0)  # never upsample beyond the photo
-    side = int(math.ceil(float((size * scale).max())))
-    offset = centre - (side / scale[:, None]) / 2.0
-    fxy = intrinsics.fxy() * scale[:, None]
-    principal = (intrinsics.principal - offset + 0.5) * scale[:, None] - 0.5
-    return Intrinsics(fxy, principal), side, side, offset, scale
 
 
 def _blur_masked(x: Tensor, mask: Tensor, sigma: float) -> Tensor:
@@ -243,19 +225,11 @@ def estimate_detail(image: Tensor, vertices: Tensor, triangles: Tensor, intrinsi
     intrinsics = intrinsics.to(dev, dt)
     with torch.no_grad():
         xy = project(vertices, intrinsics)
-        cam, h, w, offset, scale = _crop_camera(xy, intrinsics, settings.max_resolution)
-        # the photo sampled at the crop's pixel centres
-        ys, xs = torch.meshgrid(torch.arange(h, dtype=dt, device=dev), torch.arange(w, dtype=dt, device=dev),
-                                indexing="ij")
-        img_x = (xs[None] + 0.5) / scale[:, None, None] - 0.5 + offset[:, 0, None, None]
-        img_y = (ys[None] + 0.5) / scale[:, None, None] - 0.5 + offset[:, 1, None, None]
-        grid = torch.stack([(img_x + 0.5) / w_img * 2 - 1, (img_y + 0.5) / h_img * 2 - 1], -1)
-        crop = F.grid_sample(image.to(dt), grid, mode="bilinear", padding_mode="border", align_corners=False)
-        inside = ((img_x >= -0.5) & (img_x <= w_img - 0.5) & (img_y >= -0.5) & (img_y <= h_img - 0.5))[:, None]
-        weights = inside.to(dt)
+        cam, h, w, offset, scale = crop_intrinsics(xy, intrinsics, settings.max_resolution)
+        crop, inside = crop_image(image.to(dt), h, w, offset, scale)
+        weights = inside
         if pixel_weights is not None:
-            weights = weights * F.grid_sample(pixel_weights.to(dt), grid, mode="bilinear",
-                                              padding_mode="zeros", align_corners=False)
+            weights = weights * crop_image(pixel_weights.to(dt), h, w, offset, scale, padding="zeros")[0]
 
         renderer = Renderer(RenderSettings(image_size=(h, w), sh_ambient=0.0, clamp=False))
         out = renderer.render(vertices, triangles, cam, albedo=albedo.to(dt))
