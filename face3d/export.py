@@ -44,6 +44,7 @@ from typing import Any, Literal, Optional
 
 import numpy as np
 
+from face3d.color import srgb_to_linear
 from face3d.errors import OutputError
 
 try:  # torch is a dependency of the toolkit, but this module works without it
@@ -309,10 +310,6 @@ def _bake_vertex_colors(mesh: MeshData) -> np.ndarray:
     return out
 
 
-def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-
-
 # ----------------------------------------------------------------------------- OBJ
 
 def write_obj(path: str | os.PathLike, mesh: MeshData, units: Literal["mm", "m"] = "mm",
@@ -514,7 +511,7 @@ def write_glb(path: str | os.PathLike, mesh: MeshData, name: str = "face") -> Pa
         attributes["TEXCOORD_0"] = add_accessor(np.ascontiguousarray(uv, dtype="<f4"), "VEC2", _FLOAT,
                                                 _ARRAY_BUFFER)
     if colors is not None:
-        lin = _srgb_to_linear(colors[src_v])
+        lin = srgb_to_linear(colors[src_v])
         attributes["COLOR_0"] = add_accessor(np.ascontiguousarray(lin, dtype="<f4"), "VEC3", _FLOAT,
                                              _ARRAY_BUFFER)
     indices = add_accessor(np.ascontiguousarray(tris.ravel(), dtype="<u4"), "SCALAR", _UINT,

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from face3d.camera import vertex_normals
+from face3d.color import linear_to_srgb
 from face3d.converters.common import jaw_contour_lines, read_obj, triangulate
 from face3d.morphable_model import load_model_arrays, save_model_arrays
 
@@ -284,11 +285,6 @@ def test_eos_reader_newest_version(tmp_path, sfm_dir):
 
 # -- BFM (synthetic files in the Deng et al. layout) -----------------------------------------
 
-def _srgb_encode(c):
-    c = np.clip(c, 0, 1)
-    return np.where(c <= 0.0031308, 12.92 * c, 1.055 * c ** (1 / 2.4) - 0.055)
-
-
 @pytest.fixture(scope="module")
 def bfm_files(tmp_path_factory):
     """A toy model written as 01_MorphableModel.mat + Exp_Pca.bin + helper files, and as the
@@ -316,7 +312,7 @@ def bfm_files(tmp_path_factory):
     shape_mu = embed(toy.mean_shape[None].astype(np.float64) * 1e3, full_of_front, m_full)
     std_exp = rng.uniform(1e3, 5e4, k_exp)
     exp_pc = embed(toy.exp_basis.astype(np.float64) * 1e3, front, m_exp) / std_exp
-    srgb = _srgb_encode(toy.mean_albedo.astype(np.float64))
+    srgb = linear_to_srgb(toy.mean_albedo.astype(np.float64))
     tex_mu = embed(srgb[None] * 255, full_of_front, m_full)
     tex_ev = rng.uniform(5, 20, k_tex)
     tex_pc = embed(rng.normal(size=(k_tex, n, 3)) * 0.1, full_of_front, m_full)

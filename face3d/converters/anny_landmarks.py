@@ -44,6 +44,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
+from face3d.color import linear_to_srgb
 from face3d.converters.anny import DEFAULT_LANDMARK_FILE, DM_TO_MM, AnnyFace, build_anny_face
 from face3d.converters.common import vertex_normals_np
 
@@ -151,8 +152,7 @@ def render_view(scene: Scene, yaw_deg: float, size: int = 512, focal: float = 11
     light /= np.linalg.norm(light)
     shade = 0.3 + 0.75 * np.clip(n @ light, 0, None)
     lin = np.where(hit[:, None], albedo * shade[:, None], 0.02)
-    srgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * np.clip(lin, 0, None) ** (1 / 2.4) - 0.055)
-    img = (np.clip(srgb, 0, 1) * 255 + 0.5).astype(np.uint8).reshape(size, size, 3)
+    img = (linear_to_srgb(lin) * 255 + 0.5).astype(np.uint8).reshape(size, size, 3)
     hitp = (rays[:, :3] + rays[:, 3:] * np.where(hit, t_hit, 0)[:, None]) @ r  # back to model frame
     return View(yaw_deg, img, prim.reshape(size, size), hitp.reshape(size, size, 3))
 

@@ -40,9 +40,10 @@ from typing import Optional
 
 import numpy as np
 
+from face3d.color import srgb_to_linear, srgb_to_linear_slope
 from face3d.converters.common import (
     cylindrical_uvs, ensure_outward, jaw_contour_lines, require_file, sha256_file,
-    skin_mask_from_landmarks, srgb_to_linear, srgb_to_linear_slope,
+    skin_mask_from_landmarks,
 )
 from face3d.morphable_model import ModelArrays
 

@@ -340,18 +340,6 @@ SKIN_LINEAR_RGB = (0.604, 0.342, 0.233)
 LIP_LINEAR_RGB = (0.479, 0.171, 0.153)
 
 
-def srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    """The sRGB decoding curve (IEC 61966-2-1), elementwise on values in [0, 1]."""
-    c = np.clip(np.asarray(c, np.float64), 0.0, 1.0)
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-
-
-def srgb_to_linear_slope(c: np.ndarray) -> np.ndarray:
-    """d linear / d sRGB at ``c`` (for carrying a basis through the curve to first order)."""
-    c = np.clip(np.asarray(c, np.float64), 0.0, 1.0)
-    return np.where(c <= 0.04045, 1.0 / 12.92, 2.4 / 1.055 * ((c + 0.055) / 1.055) ** 1.4)
-
-
 def _in_polygon(points: np.ndarray, poly: np.ndarray) -> np.ndarray:
     """Even-odd test of 2-D ``points`` (M, 2) against a closed polygon (P, 2)."""
     x, y = points[:, 0:1], points[:, 1:2]
