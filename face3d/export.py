@@ -37,7 +37,6 @@ import json
 import os
 import re
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -46,6 +45,7 @@ import numpy as np
 
 from face3d.color import srgb_to_linear
 from face3d.errors import OutputError
+from face3d.io_utils import write_bytes_atomic
 
 try:  # torch is a dependency of the toolkit, but this module works without it
     import torch
@@ -198,41 +198,14 @@ class MeshData:
 
 # ----------------------------------------------------------------------------- helpers
 
-def _output_error(path: Path, err: OSError, reason: str | None = None) -> ExportError:
-    out = ExportError(f"cannot write {path}: {reason or err.strerror or err}")
-    out.errno = err.errno  # keep the cause machine-readable, the message one line
-    return out
+def _export_error(path: Path, reason: str) -> ExportError:
+    return ExportError(f"cannot write {path}: {reason}")
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file next to ``path``, then rename it into place.
-
-    Missing parent directories are created. Any ``OSError`` becomes a one-line
-    :class:`ExportError` naming ``path``; the temp file never outlives a failure.
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as e:
-        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()),
-                       path.parent)
-        raise _output_error(path, e, f"{blocker} is a file, not a directory") from e
-    except OSError as e:
-        raise _output_error(path, e) from e
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise _output_error(path, e) from e
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; exported meshes are for sharing
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise _output_error(path, e) from e
-        raise
+    """Write ``data`` atomically (:func:`face3d.io_utils.write_bytes_atomic`), creating
+    missing folders; any failure is a one-line :class:`ExportError` naming ``path``."""
+    write_bytes_atomic(path, data, make_parents=True, error=_export_error)
 
 
 def _rows(fmt: str, arr: np.ndarray) -> str:

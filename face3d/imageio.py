@@ -37,19 +37,18 @@ the final name. Failures raise :class:`~face3d.errors.OutputError` (exit code 5)
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from face3d.errors import ImageInputError, MissingInputError, OutputError, UsageError
+from face3d.io_utils import atomic_write  # re-exported: part of this module's public API
 
 __all__ = [
     "LoadedImage",
@@ -311,53 +310,6 @@ def rescale_points(points: np.ndarray, src_size: Sequence[int], dst_size: Sequen
 
 
 # --------------------------------------------------------------------------- output
-
-
-def _umask() -> int:
-    # os.umask can only be read by setting it; restore at once (no lasting global change).
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
-
-
-@contextlib.contextmanager
-def atomic_write(path: PathLike) -> Iterator[Path]:
-    """Context manager yielding a temporary path next to ``path``; on success it is moved
-    onto ``path`` with :func:`os.replace`, on any exception it is deleted.
-
-    The temporary name is ``.<name>.<random>.tmp`` in the destination folder (same file
-    system, so the final rename is atomic). The final file gets the usual permissions
-    (``0o666`` less the umask), or those of the file it replaces.
-
-    Raises:
-        OutputError: the destination is a directory, its folder is missing or not a
-            folder, or the folder is not writable.
-    """
-    dst = Path(path)
-    parent = dst.parent
-    if dst.is_dir():
-        raise OutputError(f"{dst}: is a directory")
-    if not parent.exists():
-        raise OutputError(f"{dst}: output directory {parent} does not exist")
-    if not parent.is_dir():
-        raise OutputError(f"{dst}: {parent} is not a directory")
-    try:
-        fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{dst.name}.", suffix=".tmp")
-    except OSError as e:
-        raise OutputError(f"{dst}: cannot write to {parent} ({e.strerror or e})") from e
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        try:
-            mode = dst.stat().st_mode & 0o777 if dst.exists() else 0o666 & ~_umask()
-            os.chmod(tmp, mode)
-            os.replace(tmp, dst)
-        except OSError as e:
-            raise OutputError(f"{dst}: cannot write ({e.strerror or e})") from e
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def _as_pil(image: Union[Image.Image, np.ndarray, torch.Tensor]) -> Image.Image:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Mapping, Optional, Union
@@ -38,6 +37,7 @@ from typing import Mapping, Optional, Union
 import torch
 
 from face3d.converters.common import sha256_file
+from face3d.io_utils import atomic_write
 from face3d.morphable_model import ModelArrays, MorphableModel, load_model_arrays, save_model_arrays
 
 #: ICT-FaceKit commit the download is pinned to (GitHub repository ICT-VGL/ICT-FaceKit).
@@ -80,10 +80,8 @@ def download(url: str, dest: str | os.PathLike, expected_sha256: Optional[str] =
     """Stream ``url`` to ``dest`` through a temporary file (with a tqdm bar); verify the whole
     file's sha256 if given. Raises ``ValueError`` on a hash mismatch, ``OSError`` on network errors."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+    with atomic_write(dest, make_parents=True, suffix=".part") as tmp:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             bar = None
             if progress:
@@ -101,12 +99,8 @@ def download(url: str, dest: str | os.PathLike, expected_sha256: Optional[str] =
                 bar.close()
         if expected_sha256 is not None:
             got = sha256_file(tmp)
-            if got != expected_sha256:
+            if got != expected_sha256:  # raising here deletes the temp file, dest stays as it was
                 raise ValueError(f"download of {url} has sha256 {got}, expected {expected_sha256}")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return dest
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -40,6 +39,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from face3d.io_utils import write_bytes_atomic
 
 FORMAT_VERSION = 1
 
@@ -110,19 +111,6 @@ class ModelArrays:
             check(key in self.meta, f"meta lacks '{key}'")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_model_arrays(arrays: ModelArrays, path: str | os.PathLike) -> Path:
     """Validate and write ``arrays`` to ``path`` (.npz) atomically; returns the path."""
     arrays.validate()
@@ -142,9 +130,7 @@ def save_model_arrays(arrays: ModelArrays, path: str | os.PathLike) -> Path:
     payload["meta"] = np.array(json.dumps(meta, sort_keys=True))
     buf = io.BytesIO()
     np.savez_compressed(buf, **payload)
-    path = Path(path)
-    _atomic_write_bytes(path, buf.getvalue())
-    return path
+    return write_bytes_atomic(path, buf.getvalue())
 
 
 def load_model_arrays(path: str | os.PathLike) -> ModelArrays:

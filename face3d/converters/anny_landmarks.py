@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from scipy.sparse.csgraph import connected_components
 from face3d.color import linear_to_srgb
 from face3d.converters.anny import DEFAULT_LANDMARK_FILE, DM_TO_MM, AnnyFace, build_anny_face
 from face3d.converters.common import vertex_normals_np
+from face3d.io_utils import write_bytes_atomic
 
 #: iBUG 68 left/right partner of each landmark (itself on the midline).
 IBUG_MIRROR = np.array(
@@ -363,20 +363,11 @@ def write_landmark_file(path: Path, ids: np.ndarray, face: AnnyFace, report: dic
         "source_sha256": face.arrays.meta["source_sha256"],
         "report": report,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            text = json.dumps(doc, indent=1)
-            # One line for the id list keeps the file short and diffs readable.
-            text = text.replace(json.dumps(doc["landmark_ids"], indent=1).replace("\n", "\n "),
-                                json.dumps(doc["landmark_ids"]))
-            fh.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    text = json.dumps(doc, indent=1)
+    # One line for the id list keeps the file short and diffs readable.
+    text = text.replace(json.dumps(doc["landmark_ids"], indent=1).replace("\n", "\n "),
+                        json.dumps(doc["landmark_ids"]))
+    write_bytes_atomic(path, (text + "\n").encode("utf-8"))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
