@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -32,7 +33,7 @@ from face3d.lighting import estimate_sh, irradiance, sh_basis
 from face3d.morphable_model import MorphableModel
 from face3d.render import Renderer, RenderSettings, interpolate_vertex_attributes
 
-__all__ = ["PhotometricSettings", "PhotometricResult", "refine_photometric"]
+__all__ = ["PhotometricSettings", "PhotometricResult", "refine_photometric", "clean_occlusion"]
 
 
 @dataclass
@@ -41,7 +42,9 @@ class PhotometricSettings:
 
     * ``iterations`` / ``lr``: Adam steps and step size.
     * ``resolution``: long side (px) of the crop the loss is computed on.
-    * ``robust_scale``: s of the Geman–McClure function, linear RGB units.
+    * ``robust_scale`` / ``outlier_factor``: s of the Geman–McClure function, linear RGB
+      units: the larger of ``robust_scale`` and ``outlier_factor`` × the median colour
+      residual of the initial fit on this face.
     * ``trim`` / ``trim_rounds``: the initial lighting is fitted to the ``trim`` fraction of
       face pixels it explains best, refitted ``trim_rounds`` times (trimmed least squares).
     * ``refine_shape``: also refine α, β and the pose.
@@ -52,7 +55,8 @@ class PhotometricSettings:
     iterations: int = 30
     lr: float = 0.003
     resolution: int = 192
-    robust_scale: float = 0.08
+    robust_scale: float = 0.05
+    outlier_factor: float = 3.0
     trim: float = 0.6
     trim_rounds: int = 4
     refine_shape: bool = False
@@ -145,7 +149,6 @@ def refine_photometric(image: Tensor, model: MorphableModel, alpha: Tensor, beta
                                            backend=renderer.settings.backend))
     skin_vertex = model.skin_mask.view(-1, 1)
 
-    s2 = settings.robust_scale ** 2
     # Initial lighting, robustly: a single-colour light (12 unknowns) fitted by trimmed least
     # squares (refit on the ``trim`` fraction of pixels it explains best, a few rounds), so
     # an occluder covering a good part of the face does not set the light; plain least
@@ -166,6 +169,13 @@ def refine_photometric(image: Tensor, model: MorphableModel, alpha: Tensor, beta
             k = (base.sum(1).float() * settings.trim).long().clamp_min(1)
             cut = torch.sort(r2, dim=1).values.gather(1, (k - 1)[:, None])
             keep = base & (r2 <= cut)
+
+        # The robust scale follows the photo: a real face has detail no 3DMM explains
+        # (brows, stubble, make-up), so residuals are only outliers well above their typical
+        # size on this face. s = max(robust_scale, outlier_factor × median residual).
+        r_face = torch.where(keep, r2, torch.full_like(r2, float("nan"))).sqrt()
+        typical = torch.nanmedian(r_face, dim=1).values.nan_to_num(0.0)
+        s2 = torch.clamp(settings.outlier_factor * typical, min=settings.robust_scale)[:, None, None, None] ** 2
 
     sh = sh0.clone().requires_grad_(True)
     log_gain = torch.zeros(b, 3, dtype=dt, device=dev, requires_grad=True)
@@ -223,3 +233,44 @@ def refine_photometric(image: Tensor, model: MorphableModel, alpha: Tensor, beta
         return PhotometricResult(sh=sh.detach(), albedo=albedo.clamp(0.0, 1.0), alpha=alpha_v.detach(),
                                  beta=beta_v.detach(), R=R_fin.detach(), t=t_fin.detach(), skin=skin,
                                  face_mask=(face > 0.5).to(dt), loss=history)
+
+
+#: iBUG-68 index groups whose regions are never called occluded: the model's eyes, brows and
+#: lips rarely match the photo's, and treating them as occluders would erase them.
+_KEEP_REGIONS = (tuple(range(36, 42)), tuple(range(42, 48)), tuple(range(17, 22)), tuple(range(22, 27)),
+                 tuple(range(48, 60)))
+
+
+def clean_occlusion(occlusion: Tensor, landmarks: Optional[Tensor] = None, face_size_px: Optional[Tensor] = None,
+                    opening: float = 0.04) -> Tensor:
+    """Keep only solid occluders in a residual-based occlusion map.
+
+    ``occlusion`` (B, 1, H, W) in [0, 1]. Thin structures (wrinkles, eyelids, a strand
+    of hair) are removed by a morphological opening whose radius is ``opening`` × the face
+    size (``face_size_px`` (B,), e.g. √(box area)); with ``landmarks`` (B, 68, 2) the
+    eyes, brows and lips (dilated by the same radius) are never marked occluded, as
+    CFR-GAN excludes the eyes from its occlusion mask through the landmarks.
+    """
+    from PIL import Image, ImageDraw
+
+    b, _, h, w = occlusion.shape
+    out = occlusion.clone()
+    for i in range(b):
+        size = float(face_size_px[i]) if face_size_px is not None else float(min(h, w)) / 2.0
+        r = max(1, int(round(opening * size)))
+        k = 2 * r + 1
+        m = out[i:i + 1]
+        m = -F.max_pool2d(-m, k, stride=1, padding=r)  # erode
+        m = F.max_pool2d(m, k, stride=1, padding=r)  # dilate
+        if landmarks is not None:
+            keep = Image.new("L", (w, h), 0)
+            draw = ImageDraw.Draw(keep)
+            pts = landmarks[i].detach().cpu().numpy()
+            for group in _KEEP_REGIONS:
+                poly = [tuple(map(float, pts[j])) for j in group]
+                draw.polygon(poly, fill=255)
+                draw.line(poly + [poly[0]], fill=255, width=2 * r)
+            keep_t = torch.from_numpy(np.asarray(keep)).to(out) / 255.0
+            m = m * (1.0 - keep_t)
+        out[i:i + 1] = m
+    return out
