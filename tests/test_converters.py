@@ -111,6 +111,26 @@ f 2/2 5/5 3/3
     np.testing.assert_array_equal(tri2, [[0, 1, 2]]) and uvt2 is None
 
 
+def test_read_obj_keeps_groups():
+    obj = b"""v 0 0 0
+v 1 0 0
+v 1 1 0
+v 0 1 0
+f 1 2 3
+g eye
+f 1 3 4
+g lips
+f 1 2 3 4
+g eye
+f 2 3 4
+"""
+    mesh = read_obj(obj)
+    assert mesh.group_names == ["default", "eye", "lips"]
+    np.testing.assert_array_equal(mesh.face_groups[3], [0, 1, 1])
+    np.testing.assert_array_equal(mesh.face_groups[4], [2])
+    np.testing.assert_array_equal(mesh.faces[3][mesh.face_groups[3] == 1], [[0, 2, 3], [1, 2, 3]])
+
+
 # -- ICT-FaceKit ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

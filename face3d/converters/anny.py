@@ -64,6 +64,7 @@ from face3d.converters.common import (
     jaw_contour_lines,
     nostril_mask,
     face_region_masks,
+    read_obj,
 )
 from face3d.morphable_model import ModelArrays
 
@@ -204,28 +205,12 @@ class AnnyBaseMesh:
 
 def parse_base_obj(data: bytes) -> AnnyBaseMesh:
     """Parse the base mesh OBJ (all faces are quads ``v/vt``), keeping the ``g`` groups."""
-    verts, uvs = [], []
-    groups: dict[str, list[bytes]] = {}
-    current = "default"
-    for ln in data.split(b"\n"):
-        if ln.startswith(b"v "):
-            verts.append(ln[2:])
-        elif ln.startswith(b"vt "):
-            uvs.append(ln[3:])
-        elif ln.startswith(b"f "):
-            groups.setdefault(current, []).append(ln[2:].strip())
-        elif ln.startswith(b"g "):
-            current = ln[2:].strip().decode()
-    v = np.array(b" ".join(verts).split(), np.float64).reshape(-1, 3)
-    t = np.array(b" ".join(uvs).split(), np.float64).reshape(-1, 2)
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name, lines in groups.items():
-        nums = np.array(b" ".join(lines).replace(b"/", b" ").split(), np.int64)
-        if nums.size != 8 * len(lines):
-            raise ValueError(f"base mesh group {name!r}: expected quads with v/vt corners")
-        nums = nums.reshape(-1, 4, 2) - 1
-        out[name] = (nums[..., 0], nums[..., 1])
-    return AnnyBaseMesh(v, t, out)
+    mesh = read_obj(data)
+    if set(mesh.faces) != {4} or mesh.face_uvs[4] is None:
+        raise ValueError("base mesh: expected quads with v/vt corners")
+    quads, quad_uvs, group = mesh.faces[4], mesh.face_uvs[4], mesh.face_groups[4]
+    groups = {name: (quads[group == g], quad_uvs[group == g]) for g, name in enumerate(mesh.group_names)}
+    return AnnyBaseMesh(mesh.vertices, mesh.texcoords, groups)
 
 
 # --------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -28,6 +28,8 @@ class ObjMesh:
     ``faces`` list of polygons grouped by corner count: ``faces[k]`` is ``(P_k, k)`` vertex ids,
     ``face_uvs[k]`` the matching texcoord ids (or None) and ``face_order[k]`` the index of each
     polygon in file order, so the original polygon numbering can be recovered.
+    ``group_names`` are the ``g`` names in order of first use by a polygon ("default" for
+    polygons before any ``g`` line) and ``face_groups[k]`` (P_k,) indexes into it.
     """
 
     vertices: np.ndarray
@@ -35,6 +37,8 @@ class ObjMesh:
     faces: dict[int, np.ndarray]
     face_uvs: dict[int, Optional[np.ndarray]]
     face_order: dict[int, np.ndarray]
+    group_names: list[str] = field(default_factory=lambda: ["default"])
+    face_groups: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
     def n_polygons(self) -> int:
@@ -100,11 +104,14 @@ def read_obj(data: bytes) -> ObjMesh:
     """Parse OBJ ``data`` (bytes): vertices, texcoords and polygons (any corner count).
 
     Corners may be ``v``, ``v/vt``, ``v/vt/vn`` or ``v//vn``; negative (relative) indices are
-    resolved. Normals are ignored.
+    resolved. Normals are ignored. ``g`` lines name the group of the polygons that follow.
     """
     v_lines: list[bytes] = []
     vt_lines: list[bytes] = []
     f_lines: list[bytes] = []
+    f_group: list[int] = []
+    group_ids: dict[bytes, int] = {}
+    current = b"default"
     for ln in data.split(b"\n"):
         head = ln[:3]
         if head == b"v  " or head[:2] == b"v ":
@@ -113,6 +120,9 @@ def read_obj(data: bytes) -> ObjMesh:
             vt_lines.append(ln[3:])
         elif head[:2] == b"f ":
             f_lines.append(ln[2:].strip())
+            f_group.append(group_ids.setdefault(current, len(group_ids)))
+        elif head[:2] == b"g ":
+            current = ln[2:].strip()
     if not v_lines:
         raise ValueError("OBJ data holds no vertices")
     vertices = _parse_floats(v_lines, 3, "v")
@@ -123,6 +133,8 @@ def read_obj(data: bytes) -> ObjMesh:
     faces: dict[int, np.ndarray] = {}
     face_uvs: dict[int, Optional[np.ndarray]] = {}
     face_order: dict[int, np.ndarray] = {}
+    face_groups: dict[int, np.ndarray] = {}
+    group_of = np.asarray(f_group, dtype=np.int64)
     if f_lines:
         first = f_lines[0].split()[0]
         has_vt = b"/" in first and first.split(b"/")[1] != b""
@@ -145,7 +157,9 @@ def read_obj(data: bytes) -> ObjMesh:
             else:
                 face_uvs[int(k)] = None
             face_order[int(k)] = idx
-    return ObjMesh(vertices, texcoords, faces, face_uvs, face_order)
+            face_groups[int(k)] = group_of[idx]
+    names = [g.decode() for g in group_ids] or ["default"]
+    return ObjMesh(vertices, texcoords, faces, face_uvs, face_order, names, face_groups)
 
 
 def triangulate(mesh: ObjMesh, keep_polygons: Optional[int] = None) -> tuple[np.ndarray, Optional[np.ndarray]]:
