@@ -46,6 +46,7 @@ import numpy as np
 from face3d.color import srgb_to_linear
 from face3d.errors import OutputError
 from face3d.io_utils import write_bytes_atomic
+from face3d.mesh_np import sample_uv_bilinear, vertex_normals_np
 
 try:  # torch is a dependency of the toolkit, but this module works without it
     import torch
@@ -238,36 +239,6 @@ def _side_stem(path: Path) -> str:
     return re.sub(r"\s+", "_", path.stem) or "mesh"
 
 
-def _vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals (N, 3), like :func:`face3d.camera.vertex_normals`."""
-    v0, v1, v2 = (vertices[triangles[:, k]] for k in range(3))
-    fn = np.cross(v1 - v0, v2 - v0)
-    n = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(n, triangles[:, k], fn)
-    length = np.linalg.norm(n, axis=1, keepdims=True)
-    # isolated vertices (no area around them) still need a unit normal in glTF: use +z
-    return np.where(length > 1e-12, n / np.maximum(length, 1e-12), np.array([0.0, 0.0, 1.0]))
-
-
-def _sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """Bilinear lookup (M, C) float in [0, 255] of ``texture`` at OBJ-convention ``uv`` (M, 2).
-
-    Texel (i, j) covers [j, j+1) × [i, i+1) in pixels and row 0 is the top of the image
-    (v = 1); coordinates outside the image clamp to the edge.
-    """
-    h, w = texture.shape[:2]
-    x = np.clip(uv[:, 0] * w - 0.5, 0.0, w - 1.0)
-    y = np.clip((1.0 - uv[:, 1]) * h - 0.5, 0.0, h - 1.0)
-    x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
-    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
-    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
-    t = texture.astype(np.float64)
-    top = t[y0, x0] * (1 - fx) + t[y0, x1] * fx
-    bottom = t[y1, x0] * (1 - fx) + t[y1, x1] * fx
-    return top * (1 - fy) + bottom * fy
-
-
 def _bake_vertex_colors(mesh: MeshData) -> np.ndarray:
     """(N, 3) uint8 colours sampled from the texture at each vertex's first UV.
 
@@ -279,7 +250,7 @@ def _bake_vertex_colors(mesh: MeshData) -> np.ndarray:
     verts, first = np.unique(flat_v, return_index=True)
     uv = mesh.uvs[mesh.uv_triangles.ravel()[first]]
     out = np.full((n, 3), 128, np.uint8)
-    out[verts] = np.round(_sample_texture(mesh.texture[..., :3], uv)).clip(0, 255).astype(np.uint8)
+    out[verts] = np.round(sample_uv_bilinear(mesh.texture[..., :3], uv)).clip(0, 255).astype(np.uint8)
     return out
 
 
@@ -442,7 +413,8 @@ def write_glb(path: str | os.PathLike, mesh: MeshData, name: str = "face") -> Pa
     * Chunks and buffer views are 4-byte aligned (JSON padded with spaces, BIN with zeros).
     """
     path = Path(path)
-    normals = _vertex_normals(mesh.vertices, mesh.triangles)
+    # isolated vertices (no area around them) still need a unit normal in glTF: use +z
+    normals = vertex_normals_np(mesh.vertices, mesh.triangles, isolated=(0.0, 0.0, 1.0))
     if mesh.normals is not None:  # glTF requires unit normals: renormalise, fill zero ones
         length = np.linalg.norm(mesh.normals, axis=1, keepdims=True)
         normals = np.where(length > 1e-12, mesh.normals / np.maximum(length, 1e-12), normals)

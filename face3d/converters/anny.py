@@ -66,6 +66,7 @@ from face3d.converters.common import (
     face_region_masks,
     read_obj,
 )
+from face3d.mesh_np import sample_uv_bilinear
 from face3d.morphable_model import ModelArrays
 
 #: MakeHuman units are decimetres.
@@ -564,14 +565,7 @@ def _sample_gray(data: bytes, uv: np.ndarray) -> np.ndarray:
     from PIL import Image
 
     img = np.asarray(Image.open(io.BytesIO(data)).convert("L"), np.float64) / 255.0
-    h, w = img.shape
-    x = np.clip(uv[:, 0] * w - 0.5, 0, w - 1)
-    y = np.clip((1.0 - uv[:, 1]) * h - 0.5, 0, h - 1)
-    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
-    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
-    fx, fy = x - x0, y - y0
-    return ((img[y0, x0] * (1 - fx) + img[y0, x1] * fx) * (1 - fy)
-            + (img[y1, x0] * (1 - fx) + img[y1, x1] * fx) * fy)
+    return sample_uv_bilinear(img, uv)
 
 
 # --------------------------------------------------------------------------------------

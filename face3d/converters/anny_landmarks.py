@@ -45,8 +45,8 @@ from scipy.sparse.csgraph import connected_components
 
 from face3d.color import linear_to_srgb
 from face3d.converters.anny import DEFAULT_LANDMARK_FILE, DM_TO_MM, AnnyFace, build_anny_face
-from face3d.converters.common import vertex_normals_np
 from face3d.io_utils import write_bytes_atomic
+from face3d.mesh_np import vertex_normals_np
 
 #: iBUG 68 left/right partner of each landmark (itself on the midline).
 IBUG_MIRROR = np.array(

@@ -15,6 +15,8 @@ from typing import Optional
 
 import numpy as np
 
+from face3d.mesh_np import face_normals, vertex_normals_np
+
 # --------------------------------------------------------------------------------------
 # OBJ reading
 # --------------------------------------------------------------------------------------
@@ -200,21 +202,6 @@ def compact_uvs(texcoords: np.ndarray, uv_triangles: np.ndarray) -> tuple[np.nda
 # --------------------------------------------------------------------------------------
 # Geometry checks
 # --------------------------------------------------------------------------------------
-
-
-def face_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
-    """Unnormalised face normals (F, 3) (length = 2 × area) of CCW triangles."""
-    v0, v1, v2 = (vertices[triangles[:, k]] for k in range(3))
-    return np.cross(v1 - v0, v2 - v0)
-
-
-def vertex_normals_np(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals (N, 3)."""
-    fn = face_normals(vertices, triangles)
-    n = np.zeros_like(vertices, dtype=np.float64)
-    for k in range(3):
-        np.add.at(n, triangles[:, k], fn)
-    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
 
 
 def outward_sign(vertices: np.ndarray, triangles: np.ndarray, probe: int, radius: float = 15.0) -> float:
