@@ -3,7 +3,6 @@ model and download writers."""
 from __future__ import annotations
 
 import errno
-import os
 
 import pytest
 
@@ -11,18 +10,14 @@ from face3d.errors import OutputError
 from face3d.io_utils import atomic_write, write_bytes_atomic
 
 
-def _umask() -> int:
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
-
-
 def test_write_bytes_creates_folders_and_sets_normal_permissions(tmp_path):
     dst = tmp_path / "a" / "b" / "m.npz"
     assert write_bytes_atomic(dst, b"123") == dst
     assert dst.read_bytes() == b"123"
-    # mkstemp alone would leave 0o600; a fresh file gets 0o666 less the umask
-    assert dst.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    # mkstemp alone would leave 0o600; a fresh file gets what open() would give (0o666 less umask)
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    assert dst.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
     dst.chmod(0o640)
     write_bytes_atomic(dst, b"456")  # replacing keeps the old file's mode
     assert dst.read_bytes() == b"456" and dst.stat().st_mode & 0o777 == 0o640
