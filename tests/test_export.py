@@ -88,9 +88,9 @@ def _accessor(doc: dict, blob: bytes, index: int) -> np.ndarray:
 
 def test_obj_textured_round_trip(tmp_path, toy_model, textured):
     path = export_mesh(tmp_path / "face.obj", textured)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["face.mtl", "face.obj", "face.png"]  # no temp files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["face.mtl", "face.obj", "face_texture.png"]  # no temp files left
     mtl = (tmp_path / "face.mtl").read_text()
-    assert "map_Kd face.png" in mtl and "Kd 1.000000 1.000000 1.000000" in mtl
+    assert "map_Kd face_texture.png" in mtl and "Kd 1.000000 1.000000 1.000000" in mtl
     assert "mtllib face.mtl" in path.read_text()
 
     loaded = trimesh.load(path, process=False)
@@ -111,7 +111,7 @@ def test_obj_seamed_uvs_and_metres(tmp_path, toy_model, seamed, with_normals):
     if with_normals:
         seamed.normals = _normals(toy_model)
     path = write_obj(tmp_path / "seam face.obj", seamed, units="m")
-    assert (tmp_path / "seam_face.png").is_file()  # side-file names carry no spaces
+    assert (tmp_path / "seam_face_texture.png").is_file()  # side-file names carry no spaces
     loaded = trimesh.load(path, process=False)
     np.testing.assert_allclose(loaded.vertices[loaded.faces] * 1e3, seamed.vertices[seamed.triangles], atol=1e-5)
     np.testing.assert_allclose(loaded.visual.uv[loaded.faces], seamed.uvs[seamed.uv_triangles], atol=1e-7)
@@ -283,7 +283,7 @@ def test_unwritable_destination(tmp_path, textured):
             export_mesh(blocker / f"face{ext}", textured)
         assert isinstance(info.value, ExportError) and isinstance(info.value, OutputError)
         # (a textured OBJ fails on its PNG, written first)
-        assert str(info.value) == f"cannot write {blocker / 'face'}{'.png' if ext == '.obj' else ext}: " \
+        assert str(info.value) == f"cannot write {blocker / 'face'}{'_texture.png' if ext == '.obj' else ext}: " \
                                   f"{blocker} is a file, not a directory"
 
 
