@@ -274,7 +274,7 @@ def clean_occlusion(occlusion: Tensor, landmarks: Optional[Tensor] = None, face_
                 poly = [tuple(map(float, pts[j])) for j in group]
                 draw.polygon(poly, fill=255)
                 draw.line(poly + [poly[0]], fill=255, width=2 * r)
-            keep_t = torch.from_numpy(np.asarray(keep)).to(out) / 255.0
+            keep_t = torch.from_numpy(np.array(keep)).to(out) / 255.0
             m = m * (1.0 - keep_t)
         out[i:i + 1] = m
     return out

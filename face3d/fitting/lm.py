@@ -10,7 +10,8 @@ silhouette every iteration, see :mod:`face3d.fitting.contour`), Π the perspecti
 of :mod:`face3d.camera` (or weak perspective), w_i per-landmark weights (0 where masked)
 and s = sqrt(w·h) of the landmarks' bounding box in pixels, which makes ρ1, ρ2
 independent of image resolution: ρ is the squared landmark noise as a fraction of the
-face size (the MAP reading of eq. 2 with Gaussian landmark noise).
+face size (the MAP reading of eq. 2 with Gaussian landmark noise). Blendshape
+expression models (``meta["expression_kind"] == "blendshapes"``) keep β in [0, 1].
 
 Implementation notes
 --------------------
@@ -19,17 +20,40 @@ Implementation notes
   multiplicatively, ``R ← exp([ω]×)·R`` (ω in the camera frame), so there is no gimbal
   lock at profile poses.
 * Marquardt damping on the Jacobi-scaled normal equations
-  ``(D^-½ H D^-½ + λ I) y = −D^-½ g``, solved by batched Cholesky; λ adapts per face
-  (Nielsen's rule: gain-ratio driven decrease, doubling increase on rejected steps).
-* Faces that have converged leave the batch, so a large batch costs what its slowest
-  faces need. No NaN can come out: failed factorisations and non-finite trial costs are
+  ``(D^-½ H D^-½ + λ I) y = −D^-½ g``, one batched Cholesky per iteration; λ adapts per
+  face (Nielsen's rule). The first step from the mean face at the closed-form pose is
+  the linear least-squares shape solve (the landmarks are linear in α, β for a fixed
+  pose), taken jointly with a pose correction.
+* Bounds on β: every step solves its damped quadratic model *exactly* under the box
+  constraints. The expression block is ordered last, so the trailing block of the
+  Cholesky factor is the factor of the Schur complement S of the expression variables;
+  the box-constrained problem ``min ½ (z − z₀)ᵀ S (z − z₀)`` (E ≤ 53 variables) is solved
+  by block principal pivoting (Júdice & Pires 1994: flip every infeasible variable
+  between free and bound, re-solve; Murty's single-flip rule if that stops reducing the
+  infeasibilities) and the other variables are recovered by one triangular solve. The
+  active set is therefore found within each step instead of being discovered by
+  rejected steps, which is what made the earlier projected-step variant crawl.
+* Work is split into chunks of ``LMFitConfig.chunk`` faces: temporaries stay small
+  (a (1024, 136, 139) Jacobian alone is 77 MB, and large fresh allocations page-fault on
+  every iteration), and chunks run concurrently on ``num_threads`` worker threads, each
+  running its tensor ops on one intra-op thread (the matrices are far too small for
+  intra-op parallelism to pay: multi-threaded potrf on 139² is many times slower on a
+  busy 2-core machine than on one thread).
+* Faces that have converged leave their chunk, so a chunk costs what its slowest faces
+  need. No NaN can come out: failed factorisations and non-finite trial costs are
   rejected steps.
+
+Global state: while :meth:`LandmarkFitter.fit` runs, ``torch.set_num_threads(1)`` is in
+effect for the process (restored on exit, also on error); other threads of the caller
+that run torch ops concurrently see one intra-op thread for that time.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Iterator, Literal, Optional
 
 import torch
 from torch import Tensor
@@ -56,14 +80,15 @@ class LMFitConfig:
             s: 0.015² ≈ 2.3e-4 matches the spread of manual 68-point annotations and
             detector errors on in-the-wild photos (≈ 1.5 % of the face box), and keeps
             real-photo fits plausible (tests/test_fitting.py). Lower it for clean,
-            synthetic landmarks.
+            synthetic landmarks: 1 px of noise on a face box of s px is ρ ≈ (0.7 / s)².
         max_iter: LM iterations (accepted or rejected steps) per face.
         lambda_init: initial damping λ of the scaled system.
         lambda_max: a face whose λ exceeds this cannot decrease its cost any further and
             stops (reported converged: it sits at a minimum to working precision).
         ftol: stop when an accepted step lowers the cost by less than ``ftol`` relative
             and the jaw correspondences did not change.
-        gtol: stop when the scaled gradient's largest entry is below ``gtol`` × cost.
+        gtol: stop when the scaled (projected) gradient's largest entry is below
+            ``gtol`` × cost.
         contour: re-assign jaw landmarks 0–16 to the silhouette every iteration.
         contour_softness: soft-arg-max temperature of the silhouette search, as a
             fraction of the face size s (0.003 ≈ 0.6 px on a 200 px face).
@@ -72,8 +97,12 @@ class LMFitConfig:
         projection: ``"perspective"`` (default) or ``"weak"`` (scaled orthographic
             about the depth of the model origin).
         clamp_blendshapes: for models with ``meta["expression_kind"] == "blendshapes"``,
-            keep β in [0, 1] by projecting every step.
+            keep β in [0, 1] (each step solves its box-constrained model exactly).
+        qp_iter: block-principal-pivoting passes allowed per step for those bounds.
         min_points: fewest usable landmarks accepted per face.
+        chunk: faces per unit of work (see module doc); results do not depend on it.
+        num_threads: worker threads for batches of several chunks; ``None`` = the
+            current ``torch.get_num_threads()``.
         dtype: working precision; float32 is ample (Jacobi-scaled system) and fastest.
     """
 
@@ -91,7 +120,10 @@ class LMFitConfig:
     contour_full_deg: float = 15.0
     projection: Literal["perspective", "weak"] = "perspective"
     clamp_blendshapes: bool = True
+    qp_iter: int = 10
     min_points: int = 6
+    chunk: int = 64
+    num_threads: Optional[int] = None
     dtype: torch.dtype = torch.float32
 
     def __post_init__(self) -> None:
@@ -101,6 +133,10 @@ class LMFitConfig:
             raise ValueError("max_iter must be at least 1")
         if self.projection not in ("perspective", "weak"):
             raise ValueError(f"projection must be 'perspective' or 'weak', got {self.projection!r}")
+        if self.chunk < 1 or self.qp_iter < 1:
+            raise ValueError("chunk and qp_iter must be at least 1")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError("num_threads must be at least 1")
 
 
 @dataclass
@@ -148,21 +184,17 @@ class LMFitResult:
         return (self.residuals * m).sum(1) / m.sum(1).clamp_min(1)
 
 
-def _cholesky(A: Tensor) -> tuple[Tensor, Tensor]:
-    """Batched Cholesky of small (P ≲ 200) matrices, run on one intra-op thread.
-
-    LAPACK's multi-threaded potrf on matrices this small spends its time synchronising;
-    on a busy 2-core machine we measured 480 ms for 64 matrices of 139² with 2 threads
-    and 10 ms with 1. The thread count is restored on exit.
-    """
+@contextlib.contextmanager
+def _one_intra_op_thread() -> Iterator[None]:
+    """Run the body with ``torch.set_num_threads(1)``; the previous count is restored."""
     n = torch.get_num_threads()
-    if n == 1 or A.device.type != "cpu":
-        return torch.linalg.cholesky_ex(A)
-    torch.set_num_threads(1)
+    if n != 1:
+        torch.set_num_threads(1)
     try:
-        return torch.linalg.cholesky_ex(A)
+        yield
     finally:
-        torch.set_num_threads(n)
+        if n != 1:
+            torch.set_num_threads(n)
 
 
 def _skew_neg(q: Tensor) -> Tensor:
@@ -170,6 +202,73 @@ def _skew_neg(q: Tensor) -> Tensor:
     x, y, z = q.unbind(-1)
     o = torch.zeros_like(x)
     return torch.stack([o, z, -y, -z, o, x, y, -x, o], -1).view(*q.shape, 3)
+
+
+def _box_qp(L: Tensor, y0: Tensor, lo: Tensor, hi: Tensor, iters: int) -> tuple[Tensor, Tensor]:
+    """Minimise ½ (y − y0)ᵀ A (y − y0) with lo ≤ y[:, -E:] ≤ hi, where A = L Lᵀ (b, P, P).
+
+    Returns (y (b, P), converged (b,) bool). The trailing E×E block of L factors the
+    Schur complement S of the bounded block, so the bounded block alone is the box QP
+    ``min ½ (z − z0)ᵀ S (z − z0)``, solved by block principal pivoting; the free block
+    follows as ``y_o = y0_o − L_ooᵀ⁻¹ L_eoᵀ (z − z0)``. Tolerances are relative to the
+    box widths and to S's diagonal (float32 working precision).
+    """
+    b, P = y0.shape
+    E = lo.shape[1]
+    n = P - E
+    Le = L[:, n:, n:]
+    S = Le @ Le.mT
+    z0 = y0[:, n:]
+    width = (hi - lo).clamp_min(1e-30)
+    xtol = 1e-5 * width
+    gtol = 1e-5 * width * S.diagonal(dim1=1, dim2=2)
+    state = torch.zeros_like(z0)  # −1 at lower bound, +1 at upper, 0 free
+    state = torch.where(z0 < lo, -1.0, torch.where(z0 > hi, 1.0, state))
+    best = torch.full((b,), E + 1, dtype=torch.long, device=y0.device)
+    stall = torch.zeros(b, dtype=torch.long, device=y0.device)
+    done = torch.zeros(b, dtype=torch.bool, device=y0.device)
+    z = z0.clamp(lo, hi)
+    ar = torch.arange(E, device=y0.device)
+    for _ in range(iters):
+        act = state != 0
+        ff = (~act).to(S.dtype)
+        dA = torch.where(state < 0, lo, torch.where(state > 0, hi, z0)) - z0
+        if not bool(act.any()):
+            z = z0
+            done[:] = True
+            break
+        rhs = -(S @ dA[..., None]).squeeze(-1) * ff
+        M = S * ff[:, :, None] * ff[:, None, :]
+        M.diagonal(dim1=1, dim2=2).add_(1.0 - ff)
+        Lm, info = torch.linalg.cholesky_ex(M)
+        if bool((info != 0).any()):  # numerically singular subproblem: leave those faces clamped
+            Lm = torch.where((info == 0)[:, None, None], Lm, torch.eye(E, dtype=S.dtype, device=S.device))
+        dz = dA + torch.cholesky_solve(rhs[..., None], Lm).squeeze(-1) * ff
+        zt = z0 + dz
+        grad = (S @ dz[..., None]).squeeze(-1)
+        bad_free = ~act & ((zt < lo - xtol) | (zt > hi + xtol))
+        bad_act = ((state < 0) & (grad < -gtol)) | ((state > 0) & (grad > gtol))
+        bad = (bad_free | bad_act) & (info == 0)[:, None]
+        nbad = bad.sum(1)
+        z = torch.where(done[:, None], z, zt)
+        now_done = (nbad == 0) & ~done
+        done |= now_done
+        if bool(done.all()):
+            break
+        # Júdice–Pires safeguard: when a full exchange does not reduce the number of
+        # infeasibilities for 3 passes, flip only the last infeasible variable (Murty)
+        better = nbad < best
+        best = torch.where(better, nbad, best)
+        stall = torch.where(better, torch.zeros_like(stall), stall + 1)
+        single = stall >= 3
+        last = torch.where(bad, ar, -1).amax(1, keepdim=True)
+        flip = torch.where(single[:, None], bad & (ar == last), bad) & ~done[:, None]
+        new = torch.where(zt < lo, -1.0, 1.0)
+        state = torch.where(flip, torch.where(act, torch.zeros_like(state), new), state)
+    z = z.clamp(lo, hi)
+    yo = y0[:, :n] - torch.linalg.solve_triangular(
+        L[:, :n, :n].mT, L[:, n:, :n].mT @ (z - z0)[..., None], upper=True).squeeze(-1)
+    return torch.cat([yo, z], 1), done
 
 
 class LandmarkFitter:
@@ -192,21 +291,27 @@ class LandmarkFitter:
         if self.K < 0 or self.E < 0:
             raise ValueError("n_id and n_exp must be non-negative")
         self.M = self.K + self.E
-        self.blendshapes = cfg.clamp_blendshapes and model.meta.get("expression_kind") == "blendshapes"
+        self.blendshapes = (cfg.clamp_blendshapes and self.E > 0
+                            and model.meta.get("expression_kind") == "blendshapes")
 
         def rows(ids: Tensor) -> tuple[Tensor, Tensor]:
             mean = model.mean_shape[ids].to(self.device, dt)                      # (..., 3)
             b = torch.cat([model.id_basis[: self.K, ids], model.exp_basis[: self.E, ids]], 0)
-            return mean, b.movedim(0, -1).to(self.device, dt)                   # (..., 3, M)
+            return mean, b.movedim(0, -1).to(self.device, dt).contiguous()      # (..., 3, M)
 
         lm = model.landmark_ids.to(self.device)
         self.fixed_ids = lm[N_JAW:]
         self.fixed_mean, self.fixed_basis = rows(model.landmark_ids[N_JAW:])
+        # (M, 51·3): the inner landmarks of a batch of shapes are one GEMM
+        self._fixed_basis_t = self.fixed_basis.reshape(-1, self.M).T.contiguous()
         cand = model.contour_lines.to(self.device) if cfg.contour else lm[:N_JAW, None]
         valid = cand >= 0
         cand = torch.where(valid, cand, cand[:, :1])  # padding → front vertex, masked below
         self.cand_ids, self.cand_valid = cand, valid
         self.cand_mean, self.cand_basis = rows(cand.to(model.landmark_ids.device))
+        L = cand.shape[1]
+        self._cand_basis_t = self.cand_basis.reshape(-1, self.M).T.contiguous()        # (M, 17·L·3)
+        self._cand_basis_j = self.cand_basis.reshape(N_JAW, L, 3 * self.M)             # (17, L, 3M)
         midline = float(model.mean_shape[model.landmark_ids[27:31], 0].mean())  # nose bridge
         self.side = jaw_sides(self.cand_mean, midline)
         xi = torch.cat([model.id_std[: self.K], model.exp_std[: self.E]]).to(self.device, dt)
@@ -227,56 +332,65 @@ class LandmarkFitter:
         B, L = R.shape[0], self.cand_ids.shape[1]
         if L == 1:
             return torch.ones(B, N_JAW, 1, dtype=R.dtype, device=R.device)
-        V = self.cand_mean + torch.einsum("jlkm,bm->bjlk", self.cand_basis, coef)      # (B,17,L,3)
-        X = V.reshape(B, -1, 3) @ R.transpose(1, 2) + t[:, None]
+        V = (coef @ self._cand_basis_t).view(B, -1, 3) + self.cand_mean.view(1, -1, 3)    # (B,17·L,3)
+        X = V @ R.transpose(1, 2) + t[:, None]
         uv = self._project(X, fx, c, t[:, 2]).view(B, N_JAW, L, 2)
         temp = self.config.contour_softness * s2[:, 0].sqrt()
         return silhouette_weights(uv, self.cand_valid, self.side, R, temp, self.config.contour_full_deg)
 
     def _jaw_rows(self, k: Tensor) -> tuple[Tensor, Tensor]:
         """Jaw landmark mean (B, 17, 3) and basis rows (B, 17, 3, M) for jaw weights k."""
+        B = k.shape[0]
         if k.shape[-1] == 1:
-            B = k.shape[0]
             return self.cand_mean[:, 0].expand(B, -1, -1), self.cand_basis[:, 0].expand(B, -1, -1, -1)
-        return (torch.einsum("bjl,jlk->bjk", k, self.cand_mean),
-                torch.einsum("bjl,jlkm->bjkm", k, self.cand_basis))
+        kj = k.transpose(0, 1)                                                          # (17, B, L)
+        jm = torch.einsum("bjl,jlk->bjk", k, self.cand_mean)
+        jb = torch.bmm(kj, self._cand_basis_j).transpose(0, 1).reshape(B, N_JAW, 3, self.M)
+        return jm, jb
+
+    def _points(self, R: Tensor, t: Tensor, coef: Tensor, jm: Tensor, jb: Tensor) -> Tensor:
+        """The 68 landmark points in the camera frame (B, 68, 3), mm."""
+        B = coef.shape[0]
+        jaw = jm + (jb.reshape(B, N_JAW * 3, self.M) @ coef[..., None]).view(B, N_JAW, 3)
+        rest = (coef @ self._fixed_basis_t).view(B, -1, 3) + self.fixed_mean
+        return torch.cat([jaw, rest], 1) @ R.transpose(1, 2) + t[:, None]
 
     def _residual(self, R, t, coef, jm, jb, U, sw, fx, c, s2):
         """Weighted residuals (B, 68, 2), cost (B,), camera points X (B, 68, 3)."""
-        jaw = jm + (jb @ coef[:, None, :, None]).squeeze(-1)
-        rest = self.fixed_mean + torch.einsum("nkm,bm->bnk", self.fixed_basis, coef)
-        X = torch.cat([jaw, rest], 1) @ R.transpose(1, 2) + t[:, None]
+        X = self._points(R, t, coef, jm, jb)
         r = (self._project(X, fx, c, t[:, 2]) - U) * sw[..., None]
         cost = (r * r).sum((1, 2)) + (s2 * self.prior * coef * coef).sum(-1)
         return r, cost, X
 
-    def _linearize(self, R, t, coef, jm, jb, U, sw, fx, c, s2):
-        """Cost (B,), Gauss–Newton H = JᵀJ + prior (B, P, P), gradient g = Jᵀr + prior·c (B, P)."""
-        r, cost, X = self._residual(R, t, coef, jm, jb, U, sw, fx, c, s2)
+    def _normal_equations(self, X, r, R, t, coef, jb, sw, fx, s2):
+        """Gauss–Newton H = JᵀJ + prior (B, P, P) and gradient g = Jᵀr + prior·c (B, P)."""
         B, n = X.shape[:2]
         f0, f1 = fx[:, 0:1], fx[:, 1:2]
         o = torch.zeros_like(X[..., 0])
         if self.config.projection == "weak":
             iz = (1.0 / t[:, 2:3]).expand(B, n)
-            P = torch.stack([f0 * iz, o, o, o, f1 * iz, o], -1)
+            Pw = torch.stack([f0 * iz, o, o, o, f1 * iz, o], -1)
         else:
             iz = 1.0 / X[..., 2].clamp_min(1e-3)
-        a0, a1 = -f0 * X[..., 0] * iz * iz, -f1 * X[..., 1] * iz * iz
-        Pt = torch.stack([f0 * iz, o, a0, o, f1 * iz, a1], -1)
-        Pt = (Pt * sw[..., None]).view(B, n, 2, 3)       # d(uv)/dX, with the landmark weights
-        P = Pt if self.config.projection != "weak" else (P * sw[..., None]).view(B, n, 2, 3)
+        # d(uv)/dX with the landmark weights; under weak perspective the depth enters only
+        # through tz (which scales the face), so rotation and shape see Pw instead
+        Pt = torch.stack([f0 * iz, o, -f0 * X[..., 0] * iz * iz, o, f1 * iz, -f1 * X[..., 1] * iz * iz], -1)
+        Pt = (Pt * sw[..., None]).view(B, n, 2, 3)
+        P = Pt if self.config.projection != "weak" else (Pw * sw[..., None]).view(B, n, 2, 3)
         PR = P @ R[:, None]                                                            # (B,68,2,3)
-        J_rot = P @ _skew_neg(X - t[:, None])
-        J_shape = torch.cat([PR[:, :N_JAW] @ jb,
-                             torch.einsum("bnij,njm->bnim", PR[:, N_JAW:], self.fixed_basis)], 1)
-        J = torch.cat([J_rot, Pt, J_shape], -1).reshape(B, 2 * n, -1)                  # (B,136,P)
+        J = torch.empty(B, n, 2, 6 + self.M, dtype=X.dtype, device=X.device)
+        J[..., :3] = P @ _skew_neg(X - t[:, None])
+        J[..., 3:6] = Pt
+        J[:, :N_JAW, :, 6:] = PR[:, :N_JAW] @ jb
+        J[:, N_JAW:, :, 6:] = torch.einsum("bnij,njm->bnim", PR[:, N_JAW:], self.fixed_basis)
+        J = J.view(B, 2 * n, -1)
         Jt = J.transpose(1, 2)
         H = Jt @ J
         g = (Jt @ r.reshape(B, -1, 1)).squeeze(-1)
         pr = s2 * self.prior                                                           # (B,M)
         H[:, 6:, 6:].diagonal(dim1=1, dim2=2).add_(pr)
         g[:, 6:] += pr * coef
-        return cost, H, g
+        return H, g
 
     # -- public ------------------------------------------------------------------------------
     def project(self, alpha: Tensor, beta: Tensor, R: Tensor, t: Tensor,
@@ -295,10 +409,10 @@ class LandmarkFitter:
         # the contour's soft-max temperature scales with the face size: take it from the
         # landmarks with front jaw vertices, then place the jaw on the silhouette
         k0 = self._contour(R, t, coef, fx, c, torch.ones_like(t[:, :1]))
-        _, _, X0 = self._residual(R, t, coef, *self._jaw_rows(k0), 0.0, ones, fx, c, torch.zeros_like(t[:, :1]))
+        X0 = self._points(R, t, coef, *self._jaw_rows(k0))
         uv0 = self._project(X0, fx, c, t[:, 2])
         k = self._contour(R, t, coef, fx, c, _box_area(uv0, ones.bool()))
-        _, _, X = self._residual(R, t, coef, *self._jaw_rows(k), 0.0, ones, fx, c, torch.zeros_like(t[:, :1]))
+        X = self._points(R, t, coef, *self._jaw_rows(k))
         return self._project(X, fx, c, t[:, 2]), self._ids(k)
 
     def _ids(self, k: Tensor) -> Tensor:
@@ -319,6 +433,47 @@ class LandmarkFitter:
             fx, c = fx.expand(B, 2), c.expand(B, 2)
         if fx.shape[0] != B:
             raise ValueError(f"intrinsics batch {fx.shape[0]} does not match {B} faces")
+        R = torch.empty(B, 3, 3, dtype=dt, device=dev)
+        t = torch.empty(B, 3, dtype=dt, device=dev)
+        coef = torch.empty(B, self.M, dtype=dt, device=dev)
+        k = torch.empty(B, N_JAW, self.cand_ids.shape[1], dtype=dt, device=dev)
+        cost = torch.empty(B, dtype=dt, device=dev)
+        it = torch.empty(B, dtype=torch.long, device=dev)
+        conv = torch.empty(B, dtype=torch.bool, device=dev)
+
+        def run(i: int) -> None:
+            j = min(i + cfg.chunk, B)
+            out = self._fit_chunk(U[i:j], w[i:j], valid[i:j], fx[i:j], c[i:j])
+            for dst, src in zip((R, t, coef, k, cost, it, conv), out):
+                dst[i:j] = src
+
+        starts = list(range(0, B, cfg.chunk))
+        workers = min(cfg.num_threads or torch.get_num_threads(), len(starts))
+        with _one_intra_op_thread():
+            if workers > 1 and dev.type == "cpu":
+                with ThreadPoolExecutor(workers) as pool:
+                    list(pool.map(run, starts))  # list() re-raises a worker's exception
+            else:
+                for i in starts:
+                    run(i)
+            X = self._points(R, t, coef, *self._jaw_rows(k))
+        uv = self._project(X, fx, c, t[:, 2])
+        lm = landmarks.to(dev, dt)
+        finite = torch.isfinite(lm).all(-1)
+        res = torch.where(finite, (uv - torch.nan_to_num(lm)).norm(dim=-1), torch.zeros_like(uv[..., 0]))
+        alpha = torch.zeros(B, self.n_id_full, dtype=dt, device=dev)
+        alpha[:, : self.K] = coef[:, : self.K]
+        beta = torch.zeros(B, self.n_exp_full, dtype=dt, device=dev)
+        beta[:, : self.E] = coef[:, self.K:]
+        return LMFitResult(alpha=alpha, beta=beta, R=R, t=t, landmarks_2d=uv, residuals=res,
+                           landmark_ids=self._ids(k), iterations=it, converged=conv,
+                           cost=cost, intrinsics=Intrinsics(fx, c), projection=cfg.projection,
+                           mask=valid)
+
+    def _fit_chunk(self, U: Tensor, w: Tensor, valid: Tensor, fx: Tensor, c: Tensor):
+        """LM on one chunk of faces; returns (R, t, coef, k, cost, iterations, converged)."""
+        cfg, dt, dev = self.config, self.config.dtype, self.device
+        B, P, E = U.shape[0], 6 + self.M, self.E
         sw = w.sqrt()
         s2 = _box_area(U, valid)  # (B, 1) face-box area = s²
 
@@ -333,7 +488,8 @@ class LandmarkFitter:
         coef = torch.zeros(B, self.M, dtype=dt, device=dev)
         k = self._contour(R, t, coef, fx, c, s2)
         jm, jb = self._jaw_rows(k)
-        cost, H, g = self._linearize(R, t, coef, jm, jb, U, sw, fx, c, s2)
+        r, cost, X = self._residual(R, t, coef, jm, jb, U, sw, fx, c, s2)
+        H, g = self._normal_equations(X, r, R, t, coef, jb, sw, fx, s2)
 
         # working set: faces still iterating; finished ones are written out and dropped
         S = dict(idx=torch.arange(B, device=dev), R=R, t=t, coef=coef, k=k, jm=jm, jb=jb, U=U, sw=sw,
@@ -343,14 +499,13 @@ class LandmarkFitter:
                  it=torch.zeros(B, dtype=torch.long, device=dev))
         out = {key: S[key].clone() for key in ("R", "t", "coef", "k", "cost", "it")}
         out_conv = torch.zeros(B, dtype=torch.bool, device=dev)
-        P = 6 + self.M
         eye = torch.eye(P, dtype=dt, device=dev)
 
-        def retire(done: Tensor, conv: bool | Tensor) -> None:
+        def retire(done: Tensor, conv: Tensor) -> None:
             ids = S["idx"][done]
             for key in out:
                 out[key][ids] = S[key][done]
-            out_conv[ids] = conv if isinstance(conv, bool) else conv[done]
+            out_conv[ids] = conv[done]
             keep = ~done
             for key, v in S.items():
                 S[key] = v[keep]
@@ -358,38 +513,29 @@ class LandmarkFitter:
         for _ in range(cfg.max_iter):
             if S["idx"].numel() == 0:
                 break
-            Hs, gs, lam = S["H"], S["g"], S["lam"]
-            if self.blendshapes:
-                # projected LM (active set): blendshape weights sitting on a bound with the
-                # gradient pushing outward are held fixed for this step, the rest move freely
-                cb, gb = S["coef"][:, self.K:], gs[:, 6 + self.K:]
-                free = torch.ones_like(gs, dtype=torch.bool)
-                free[:, 6 + self.K:] = ~(((cb <= 0) & (gb > 0)) | ((cb >= 1) & (gb < 0)))
-                fm = free.to(dt)
-                Hs = Hs * fm[:, :, None] * fm[:, None, :] + torch.diag_embed(1.0 - fm)
-                gs = gs * fm
-            d = Hs.diagonal(dim1=1, dim2=2).clamp_min(1e-12)
-            dsq = d.sqrt()
-            A = Hs / (dsq[:, :, None] * dsq[:, None, :]) + lam[:, None, None] * eye
-            L, info = _cholesky(A)
+            H, g, lam, coef = S["H"], S["g"], S["lam"], S["coef"]
+            d = H.diagonal(dim1=1, dim2=2).clamp_min(1e-12)
+            isq = d.rsqrt()
+            A = H * isq[:, :, None] * isq[:, None, :]
+            A.diagonal(dim1=1, dim2=2).add_(lam[:, None])
+            L, info = torch.linalg.cholesky_ex(A)
             ok = info == 0
             if not bool(ok.all()):  # treat as a rejected step; factorise something harmless
                 L = torch.where(ok[:, None, None], L, eye.expand_as(L))
-            y = torch.cholesky_solve(-(gs / dsq)[..., None], L).squeeze(-1)
-            delta = y / dsq
+            y = -torch.cholesky_solve((g * isq)[..., None], L).squeeze(-1)
+            if self.blendshapes:
+                be, ie = coef[:, self.K:], isq[:, P - E:]
+                y, _ = _box_qp(L, y, -be / ie, (1.0 - be) / ie, cfg.qp_iter)
+            delta = y * isq
             R_new = axis_angle_to_matrix(delta[:, :3]) @ S["R"]
             t_new = S["t"] + delta[:, 3:6]
-            c_new = S["coef"] + delta[:, 6:]
-            if self.blendshapes:
+            c_new = coef + delta[:, 6:]
+            if self.blendshapes:  # rounding only: the step already respects the box
                 c_new[:, self.K:] = c_new[:, self.K:].clamp(0.0, 1.0)
             _, cost_new, _ = self._residual(R_new, t_new, c_new, S["jm"], S["jb"], S["U"], S["sw"],
                                             S["fx"], S["c"], S["s2"])
-            # gain ratio against the Gauss–Newton model's predicted decrease −g·δ + λ δᵀDδ
-            pred_free = -(gs * delta).sum(-1) + lam * (d * delta * delta).sum(-1)
-            pred = pred_free
-            if self.blendshapes:  # the projected step differs from δ: use the model itself
-                da = torch.cat([delta[:, :6], c_new - S["coef"]], -1)
-                pred = -(2.0 * (S["g"] * da).sum(-1) + (da * (S["H"] @ da[..., None]).squeeze(-1)).sum(-1))
+            # gain ratio against the Gauss–Newton model's predicted decrease −2gᵀδ − δᵀHδ
+            pred = -(2.0 * (g * delta).sum(-1) + (delta * (H @ delta[..., None]).squeeze(-1)).sum(-1))
             actual = S["cost"] - cost_new
             gain = actual / pred.clamp_min(1e-30)
             accept = ok & torch.isfinite(cost_new) & (actual > 0) & (gain > 1e-4)
@@ -400,7 +546,7 @@ class LandmarkFitter:
             S["it"] = S["it"] + 1
             # nothing can lower the cost any more: λ ran away, or the model predicts less
             # than the tolerance (float32 rounding then decides accept/reject at random)
-            done = ~accept & ((S["lam"] > cfg.lambda_max) | (pred_free <= 0.1 * cfg.ftol * S["cost"]))
+            done = ~accept & ((S["lam"] > cfg.lambda_max) | (pred <= 0.1 * cfg.ftol * S["cost"]))
             conv = done.clone()
             if bool(accept.any()):
                 a = None if bool(accept.all()) else accept.nonzero().squeeze(1)
@@ -409,18 +555,40 @@ class LandmarkFitter:
                 Ua, swa, fxa, cca, s2a = (pick(S[key]) for key in ("U", "sw", "fx", "c", "s2"))
                 ka = self._contour(Ra, ta, ca, fxa, cca, s2a)
                 jma, jba = self._jaw_rows(ka)
-                cost_a, H_a, g_a = self._linearize(Ra, ta, ca, jma, jba, Ua, swa, fxa, cca, s2a)
+                r_a, cost_a, X_a = self._residual(Ra, ta, ca, jma, jba, Ua, swa, fxa, cca, s2a)
                 # re-assigning the jaw moved the minimum if it changed the cost noticeably
                 cost_old_assign = pick(cost_new)
                 moved = (cost_a - cost_old_assign).abs() > cfg.ftol * cost_old_assign
-                gmax = (g_a.abs() / H_a.diagonal(dim1=1, dim2=2).clamp_min(1e-12).sqrt()).amax(-1)
-                fin = (pick(small) & ~moved) | (gmax <= cfg.gtol * cost_a.clamp_min(1e-12))
+                fin = pick(small) & ~moved
+                # converged faces need no new linearisation
+                lin = ~fin
+                if bool(lin.any()):
+                    sel = None if bool(lin.all()) else lin.nonzero().squeeze(1)
+                    pk = (lambda x: x) if sel is None else (lambda x: x[sel])
+                    H_a, g_a = self._normal_equations(pk(X_a), pk(r_a), pk(Ra), pk(ta), pk(ca), pk(jba),
+                                                      pk(swa), pk(fxa), pk(s2a))
+                    gp = g_a
+                    if self.blendshapes:  # projected gradient: bound-held β do not count
+                        be, ge = pk(ca)[:, self.K:], g_a[:, 6 + self.K:]
+                        held = ((be <= 0) & (ge > 0)) | ((be >= 1) & (ge < 0))
+                        gp = torch.cat([g_a[:, : 6 + self.K], ge.masked_fill(held, 0.0)], 1)
+                    gmax = (gp.abs() * H_a.diagonal(dim1=1, dim2=2).clamp_min(1e-12).rsqrt()).amax(-1)
+                    gconv = gmax <= cfg.gtol * pk(cost_a).clamp_min(1e-12)
+                    if sel is None:
+                        fin = gconv
+                    else:
+                        fin[sel] = gconv
                 for key, val in (("R", Ra), ("t", ta), ("coef", ca), ("k", ka), ("jm", jma), ("jb", jba),
-                                 ("cost", cost_a), ("H", H_a), ("g", g_a)):
+                                 ("cost", cost_a)):
                     if a is None:
                         S[key] = val
                     else:
                         S[key][a] = val
+                if bool(lin.any()):
+                    rows = (a if a is not None else torch.arange(accept.shape[0], device=dev))
+                    rows = rows if sel is None else rows[sel]
+                    S["H"][rows] = H_a
+                    S["g"][rows] = g_a
                 if a is None:
                     done, conv = done | fin, conv | fin
                 else:
@@ -429,26 +597,8 @@ class LandmarkFitter:
             if bool(done.any()):
                 retire(done, conv)
         if S["idx"].numel():
-            retire(torch.ones_like(S["idx"], dtype=torch.bool), False)
-
-        R, t, coef, k = out["R"], out["t"], out["coef"], out["k"]
-        uv, _ = self._project_result(R, t, coef, k, fx, c)
-        lm = landmarks.to(dev, dt)
-        finite = torch.isfinite(lm).all(-1)
-        res = torch.where(finite, (uv - torch.nan_to_num(lm)).norm(dim=-1), torch.zeros_like(uv[..., 0]))
-        alpha = torch.zeros(B, self.n_id_full, dtype=dt, device=dev)
-        alpha[:, : self.K] = coef[:, : self.K]
-        beta = torch.zeros(B, self.n_exp_full, dtype=dt, device=dev)
-        beta[:, : self.E] = coef[:, self.K:]
-        return LMFitResult(alpha=alpha, beta=beta, R=R, t=t, landmarks_2d=uv, residuals=res,
-                           landmark_ids=self._ids(k), iterations=out["it"], converged=out_conv,
-                           cost=out["cost"], intrinsics=Intrinsics(fx, c), projection=cfg.projection,
-                           mask=valid)
-
-    def _project_result(self, R, t, coef, k, fx, c):
-        ones = torch.ones(R.shape[0], N_LANDMARKS, dtype=R.dtype, device=R.device)
-        _, _, X = self._residual(R, t, coef, *self._jaw_rows(k), 0.0, ones, fx, c, torch.zeros_like(t[:, :1]))
-        return self._project(X, fx, c, t[:, 2]), X
+            retire(torch.ones_like(S["idx"], dtype=torch.bool), torch.zeros_like(S["idx"], dtype=torch.bool))
+        return out["R"], out["t"], out["coef"], out["k"], out["cost"], out["it"], out_conv
 
 
 def _box_area(U: Tensor, valid: Tensor) -> Tensor:
