@@ -100,23 +100,34 @@ def test_recovers_synthetic_faces_toy(toy):
     assert float(err_fit.mean()) < 0.5 * float(err_mean.mean()), (float(err_fit.mean()), float(err_mean.mean()))
 
 
-@pytest.mark.slow
 def test_recovers_synthetic_faces_ict(ict_model):
-    cfg = LMFitConfig(rho_id=2e-5, rho_exp=2e-5, max_iter=60)
+    # ρ = σ²/s² is the MAP prior weight for this noise: σ² = 0.5 px² per coordinate on a
+    # face box of s ≈ 240 px gives 8.7e-6 (a sweep over 5e-6…8e-5 on 96 faces measured the
+    # smallest error to the noise-free landmarks, 0.669 px, at 1e-5)
+    cfg = LMFitConfig(rho_id=1e-5, rho_exp=1e-5, max_iter=60)
     fitter = LandmarkFitter(ict_model, cfg)
     alpha, beta, R, t, K, clean, noisy = synthetic_faces(ict_model, fitter, 24, seed=2)
     res = fitter.fit(noisy, K)
     assert torch.isfinite(res.landmarks_2d).all()
-    # 139 unknowns (80 id + 53 blendshapes + pose) against 136 coordinates: the prior has to
-    # stop the fit from chasing the noise, so the error to the noise-free landmarks stays at
-    # about the noise level rather than below it (measured ≈ 0.7 px on a 240 px face)
+    assert bool(res.converged.all()), res.iterations
+    # 133 shape unknowns (80 id + 53 blendshapes in [0, 1]) + pose against 136 coordinates:
+    # even the Bayes-optimal (Wiener) estimate keeps most of the noise. With the model's
+    # landmark spectrum (prior std-dev per landmark-space direction: 63 above 1 px, 92
+    # above 0.3 px) its expected error to the noise-free landmarks is ≈ 0.67 px mean for
+    # 1 px RMS noise, so < 0.5 px is out of reach for any estimator here; the fit sits at
+    # that bound (measured 0.675 px on these faces, 0.669 px on 96)
     err_clean = float((res.landmarks_2d - clean).norm(dim=-1).mean())
-    assert err_clean < 1.0, err_clean
+    assert err_clean < 0.72, err_clean
+    # ...without over-fitting the noise (mean distance of the noise itself: 0.886 px)
+    assert 0.5 < float(res.residuals.mean()) < 0.8
     true = ict_model.shape(alpha, beta)
     err_fit = similarity_aligned_error(ict_model.shape(res.alpha, res.beta), true)
     err_mean = similarity_aligned_error(ict_model.mean_shape.expand_as(true), true)
-    # landmarks alone pin down only part of the shape: ask for 1.5× closer than the mean face
-    assert float(err_fit.mean()) < float(err_mean.mean()) / 1.5, (float(err_fit.mean()), float(err_mean.mean()))
+    # the recovered mesh is ≥ 3× closer to the truth than the mean face (measured 4.0×:
+    # 2.1 mm against 8.5 mm mean vertex distance after similarity alignment)
+    assert float(err_fit.mean()) < float(err_mean.mean()) / 3.0, (float(err_fit.mean()), float(err_mean.mean()))
+    # β stays in its box
+    assert float(res.beta.min()) >= 0.0 and float(res.beta.max()) <= 1.0
 
 
 # -- real photos -------------------------------------------------------------------------------------
@@ -300,3 +311,38 @@ def test_check_landmarks_returns_clean_arrays():
     m[0, 3] = False
     U2, w, valid = check_landmarks(U, mask=m)
     assert torch.isfinite(U2).all() and float(w[0, 3]) == 0.0 and not bool(valid[0, 3])
+
+
+def test_box_qp_matches_scipy_bounded_least_squares():
+    """The bounded step solver (block principal pivoting on the Schur complement) against
+    scipy's bounded least squares on the same problem, min ‖Lᵀ(y − y0)‖² with the last E
+    entries boxed."""
+    from scipy.optimize import lsq_linear
+
+    from face3d.fitting.lm import _box_qp
+
+    g = torch.Generator().manual_seed(0)
+    b, P, E = 6, 20, 8
+    X = torch.randn(b, P + 5, P, generator=g, dtype=torch.float64)
+    A = X.mT @ X + 0.1 * torch.eye(P, dtype=torch.float64)
+    L = torch.linalg.cholesky(A)
+    y0 = torch.randn(b, P, generator=g, dtype=torch.float64) * 2
+    lo = -torch.rand(b, E, generator=g, dtype=torch.float64)
+    hi = torch.rand(b, E, generator=g, dtype=torch.float64)
+    y, _, done = _box_qp(L, y0, lo, hi, iters=20)
+    assert bool(done.all())
+    for i in range(b):
+        lb = np.r_[np.full(P - E, -np.inf), lo[i].numpy()]
+        ub = np.r_[np.full(P - E, np.inf), hi[i].numpy()]
+        Lt = L[i].T.numpy()
+        ref = lsq_linear(Lt, Lt @ y0[i].numpy(), bounds=(lb, ub), tol=1e-12, method="bvls").x
+        np.testing.assert_allclose(y[i].numpy(), ref, atol=1e-8)
+
+
+def test_chunks_and_threads_do_not_change_results(toy, toy_case):
+    fitter, *_, K, clean, noisy = toy_case
+    ref = fitter.fit(noisy, K)
+    cfg = LMFitConfig(dtype=torch.float64, rho_id=1e-4, rho_exp=1e-4, chunk=1, num_threads=2)
+    split = LandmarkFitter(toy, cfg).fit(noisy, K)
+    torch.testing.assert_close(split.landmarks_2d, ref.landmarks_2d, atol=1e-6, rtol=0)
+    assert torch.equal(split.iterations, ref.iterations)
