@@ -40,6 +40,7 @@ from torch import Tensor
 
 from face3d.camera import Intrinsics, crop_image, crop_intrinsics, project
 from face3d.color import srgb_to_linear
+from face3d.filters import blur_masked
 from face3d.lighting import estimate_sh, irradiance
 from face3d.render import Renderer, RenderSettings, interpolate_vertex_attributes, vertex_visibility
 
@@ -66,7 +67,7 @@ class DetailSettings:
     albedo_sigma_px: float = 8.0
     smoothness: float = 0.01
     screen: float = 2e-3
-    cg_iterations: int = 100
+    cg_iterations: int = 50
     max_depth_mm: float = 4.0
     max_resolution: int = 320
 
@@ -95,21 +96,6 @@ class DetailResult:
     sh: Tensor
     mask: Tensor
     intrinsics: Intrinsics
-
-
-def _blur_masked(x: Tensor, mask: Tensor, sigma: float) -> Tensor:
-    """Gaussian blur of x (B, C, H, W) over ``mask`` (B, 1, H, W) only (normalised convolution)."""
-    radius = max(1, int(math.ceil(2.5 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = (k / k.sum())
-    stack = torch.cat([x * mask, mask], 1)
-    c = stack.shape[1]
-    s = stack.reshape(-1, 1, *stack.shape[-2:])
-    s = F.conv2d(F.pad(s, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    s = F.conv2d(F.pad(s, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))
-    s = s.view(x.shape[0], c, *x.shape[-2:])
-    return s[:, :-1] / s[:, -1:].clamp_min(1e-6)
 
 
 def _dx(d: Tensor) -> Tensor:
@@ -260,13 +246,13 @@ def estimate_detail(image: Tensor, vertices: Tensor, triangles: Tensor, intrinsi
                 n = _slopes_to_normals(p0 + _dx(d) / footprint, q0 + _dy(d) / footprint)
                 shading = irradiance(n[None], sh[i:i + 1], frame="camera")[0]
                 ratio = (intensity[i] / shading.clamp_min(1e-3)).clamp(0.0, 2.0)
-                rho[i] = _blur_masked(ratio.permute(2, 0, 1)[None], wi[None, None],
+                rho[i] = blur_masked(ratio.permute(2, 0, 1)[None], wi[None, None],
                                       settings.albedo_sigma_px)[0].permute(1, 2, 0)
                 d = _gauss_newton_step(intensity[i], rho[i], sh[i], p0, q0, footprint, wi, d, settings)
             disp[i] = d
             normals[i] = _slopes_to_normals(p0 + _dx(d) / footprint, q0 + _dy(d) / footprint)
         # fade out toward the edge of the face so the displaced mesh has no step there
-        fade = _blur_masked(weights, torch.ones_like(weights), 3.0) * weights
+        fade = blur_masked(weights, torch.ones_like(weights), 3.0) * weights
         disp = (disp[:, None] * fade * settings.strength).clamp(-settings.max_depth_mm, settings.max_depth_mm)
         return DetailResult(displacement=disp, normals=normals.permute(0, 3, 1, 2), coarse_normals=out.normals,
                             albedo=rho.permute(0, 3, 1, 2), sh=sh, mask=weights, intrinsics=cam)

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from face3d.camera import Intrinsics, project, vertex_normals
 from face3d.color import linear_to_srgb
+from face3d.filters import blur_masked, erode
 from face3d.morphable_model import MorphableModel
 from face3d.render import get_rasterizer, vertex_visibility
 from face3d.render.rasterizer import Rasterizer
@@ -168,25 +169,26 @@ def texels_to_image(layout: UVLayout, values: Tensor, fill: float = 0.0) -> Tens
     return out.permute(0, 2, 1).reshape(b, c, layout.size, layout.size)
 
 
-def _smooth_on_surface(layout: UVLayout, values: Tensor, sigma_texels: float) -> Tensor:
-    """Gaussian-smooth per-texel values (B, P, C) over covered texels only (normalised convolution)."""
-    if sigma_texels < 0.5:
-        return values
-    radius = int(math.ceil(2.5 * sigma_texels))
-    x = torch.arange(-radius, radius + 1, dtype=values.dtype, device=values.device)
-    k = torch.exp(-0.5 * (x / sigma_texels) ** 2)
-    k = k / k.sum()
-    img = texels_to_image(layout, values)
-    cov = texels_to_image(layout, torch.ones_like(values[:1, :, :1]))
-    stack = torch.cat([img * cov, cov.expand(img.shape[0], 1, -1, -1)], 1)
-    ch = stack.shape[1]
-    stack = stack.reshape(-1, 1, *stack.shape[-2:])
-    stack = F.conv2d(F.pad(stack, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    stack = F.conv2d(F.pad(stack, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))
-    stack = stack.reshape(img.shape[0], ch, *stack.shape[-2:])
-    smoothed = stack[:, :-1] / stack[:, -1:].clamp_min(1e-6)
-    flat = smoothed.reshape(img.shape[0], img.shape[1], -1)[:, :, layout.texel]
-    return flat.permute(0, 2, 1)
+def _smooth_weights(layout: UVLayout, weight: Tensor, sigma: float) -> Tensor:
+    """Erode per-texel weights (B, P) by 2σ, then Gaussian-smooth them by σ (texels) over the
+    surface; returns (B, P).
+
+    After both, the weight decays continuously to ~0 at the edge of what the photo shows
+    instead of stepping down there. Off-surface texels count as 1 for the erosion (UV island
+    borders are not visibility borders) and are left out of the smoothing. The weights are
+    smooth by construction, so the filtering runs at a resolution where σ is ~2 texels.
+    """
+    img = texels_to_image(layout, weight[..., None], fill=1.0)
+    cov = texels_to_image(layout, torch.ones_like(weight[:1, :, None]))
+    f = max(1, int(sigma // 2))
+    if f > 1:
+        img, cov = F.avg_pool2d(img, f, ceil_mode=True), F.avg_pool2d(cov, f, ceil_mode=True)
+    s = sigma / f
+    img = blur_masked(erode(img, int(math.ceil(2.0 * s))), (cov > 0).to(img.dtype), s)
+    if f > 1:
+        img = F.interpolate(img, scale_factor=f, mode="bilinear", align_corners=False)
+        img = img[..., : layout.size, : layout.size]
+    return img.flatten(2)[:, 0, layout.texel]
 
 
 def _pad_islands(layout: UVLayout, texture: Tensor, padding: int) -> Tensor:
@@ -271,20 +273,8 @@ def project_texture(image: Tensor, vertices: Tensor, model: MorphableModel, intr
             fill = linear_to_srgb(model.mean_albedo)[None].expand(b, -1, -1)
         fill_colour = at_texels(fill.to(dev, dt))
 
-        # Erode by 2σ, then smooth by σ: the weight then decays continuously to ~0 at the edge of
-        # what the photo shows instead of stepping down there (off-surface texels count as 1 so
-        # UV island borders, which are not visibility borders, do not erode).
         sigma = settings.blend_mm / max(layout.mm_per_texel, 1e-6)
-        radius = int(math.ceil(2.0 * sigma))
-        if radius > 0:
-            img = texels_to_image(layout, weight[..., None], fill=1.0)
-            k = 2 * radius + 1  # a square window is separable: two 1-D passes
-            eroded = -F.max_pool2d(-img, (1, k), stride=1, padding=(0, radius))
-            eroded = -F.max_pool2d(-eroded, (k, 1), stride=1, padding=(radius, 0))
-            weight_e = eroded.flatten(2)[:, 0, layout.texel]
-        else:
-            weight_e = weight
-        weight_s = _smooth_on_surface(layout, weight_e[..., None], sigma)[..., 0] * (weight > 0).to(dt)
+        weight_s = _smooth_weights(layout, weight, sigma) * (weight > 0).to(dt)
         mirror = layout.mirror.to(dev)
         has_mirror = (mirror >= 0) & settings.mirror_fill
         m_idx = mirror.clamp_min(0)
