@@ -224,7 +224,7 @@ def _png_bytes(image: np.ndarray) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
+    Image.fromarray(image).save(buf, format="PNG", compress_level=3)  # ~2x faster than 6, ~20% larger
     return buf.getvalue()
 
 

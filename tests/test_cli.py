@@ -134,3 +134,24 @@ def test_console_entry_point_exit_code(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "cli.py"), "reconstruct", str(tmp_path / "none.jpg"),
                            "-o", str(tmp_path / "o.obj")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 3 and proc.stderr.strip().startswith("face3d: error:")
+
+
+def test_landmarks_from_a_file_next_to_the_image(shared_data, fast, tmp_path, capsys):
+    import shutil
+
+    src = shared_data / "faces" / "eos"
+    shutil.copy(src / "image_0010.png", tmp_path / "photo.png")
+    shutil.copy(src / "image_0010.pts", tmp_path / "photo.pts")
+    code, err = run(["reconstruct", tmp_path / "photo.png", "-o", tmp_path / "f.obj", "--landmarks", "file",
+                     "--json", tmp_path / "f.json", *fast], capsys)
+    assert code == 0, err
+    face = json.loads((tmp_path / "f.json").read_text())["faces"][0]
+    from face3d.landmarks import read_landmarks
+
+    gt = read_landmarks(src / "image_0010.pts").reshape(68, 2)
+    np.testing.assert_allclose(np.array(face["landmarks_detected"]), gt, atol=0.01)
+    assert face["detector"] == "file"
+    (tmp_path / "photo.pts").unlink()
+    code, err = run(["reconstruct", tmp_path / "photo.png", "-o", tmp_path / "f.obj", "--landmarks", "file", *fast],
+                    capsys)
+    assert code != 0 and err.count("face3d: error:") == 1
