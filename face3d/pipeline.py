@@ -38,7 +38,7 @@ from face3d.lighting import irradiance
 from face3d.mesh import subdivide
 from face3d.morphable_model import MorphableModel
 from face3d.photometric import PhotometricSettings, clean_occlusion, refine_photometric
-from face3d.texture import TextureSettings, project_texture
+from face3d.texture import TextureSettings, project_texture, uv_layout
 
 __all__ = ["ReconstructConfig", "FaceReconstruction", "Reconstructor"]
 
@@ -170,6 +170,7 @@ class Reconstructor:
         self._detector = None
         self._fitter: Optional[LandmarkFitter] = None
         self._subdivision = None
+        self._layout = None
 
     @property
     def model(self) -> MorphableModel:
@@ -230,8 +231,12 @@ class Reconstructor:
         with _timer(timings, "texture"):
             normals = vertex_normals(cam_verts, model.triangles)
             lit = photo_res.albedo * irradiance(normals, photo_res.sh, frame="camera")
+            if self._layout is None or self._layout.size != cfg.texture.size:
+                from face3d.model_zoo import face3d_home
+
+                self._layout = uv_layout(model, cfg.texture.size, cache_dir=face3d_home() / "cache")
             tex = project_texture(photo, cam_verts, model, K, cfg.texture, fill=linear_to_srgb(lit),
-                                  occlusion=occlusion)
+                                  occlusion=occlusion, layout=self._layout)
             texture = (tex.texture[0].permute(1, 2, 0).clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
 
         if self._subdivision is None:

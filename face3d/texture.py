@@ -22,8 +22,12 @@ u = (j + 0.5)/S, v = 1 − (i + 0.5)/S.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -33,6 +37,7 @@ from torch import Tensor
 
 from face3d.camera import Intrinsics, project, vertex_normals
 from face3d.color import linear_to_srgb
+from face3d.io_utils import write_bytes_atomic
 from face3d.filters import blur_masked, erode
 from face3d.morphable_model import MorphableModel
 from face3d.render import get_rasterizer, vertex_visibility
@@ -104,18 +109,26 @@ class UVLayout:
 PAD_LIMIT = 32
 
 
-_LAYOUT_CACHE: dict[tuple, UVLayout] = {}
-
-
-def uv_layout(model: MorphableModel, size: int, rasterizer: Optional[Rasterizer] = None) -> UVLayout:
+def uv_layout(model: MorphableModel, size: int, rasterizer: Optional[Rasterizer] = None,
+              cache_dir: Optional[str | os.PathLike] = None) -> UVLayout:
     """Rasterize ``model``'s UV map at ``size``² and find each texel's mirror texel.
 
-    Cached per (model content, size) for the life of the process: it costs about a
-    second at 1024² and is the same for every photo.
+    It costs about a second at 1024² and is the same for every photo: keep the result
+    (:class:`face3d.pipeline.Reconstructor` does), or give ``cache_dir`` to store it on
+    disk keyed by the model's content hash and the size.
     """
-    key = (model.meta.get("source_sha256", ""), model.name, model.n_vertices, size)
-    if key in _LAYOUT_CACHE:
-        return _LAYOUT_CACHE[key].to(model.device)
+    cache_file = None
+    digest = str(model.meta.get("source_sha256", ""))
+    if cache_dir is not None and digest:
+        key = hashlib.sha256(f"{digest}:{model.name}:{model.n_vertices}:{size}:v1".encode()).hexdigest()[:24]
+        cache_file = Path(cache_dir) / f"uv_layout_{key}.npz"
+        if cache_file.is_file():
+            try:
+                with np.load(cache_file, allow_pickle=False) as z:
+                    return UVLayout(size, *(torch.from_numpy(z[k]) for k in ("texel", "tri", "bary", "mirror")),
+                                    float(z["mm_per_texel"]), torch.from_numpy(z["pad_source"])).to(model.device)
+            except (OSError, KeyError, ValueError):
+                pass  # unreadable cache: compute it again
     from scipy.spatial import cKDTree
 
     cpu = torch.device("cpu")
@@ -141,7 +154,14 @@ def uv_layout(model: MorphableModel, size: int, rasterizer: Optional[Rasterizer]
     pad_source = np.where(dist.ravel() <= PAD_LIMIT, (iy * size + ix).ravel(), -1)
     layout = UVLayout(size, texel, tri, bary.float(), torch.as_tensor(mirror, dtype=torch.long),
                       float(np.median(step)) if len(step) else 1.0, torch.as_tensor(pad_source, dtype=torch.long))
-    _LAYOUT_CACHE[key] = layout
+    if cache_file is not None:
+        buf = io.BytesIO()
+        np.savez(buf, texel=texel.numpy(), tri=tri.numpy(), bary=layout.bary.numpy(), mirror=layout.mirror.numpy(),
+                 mm_per_texel=np.float64(layout.mm_per_texel), pad_source=layout.pad_source.numpy())
+        try:
+            write_bytes_atomic(cache_file, buf.getvalue(), make_parents=True)
+        except OSError:
+            pass  # a read-only cache only costs time
     return layout.to(model.device)
 
 

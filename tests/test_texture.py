@@ -89,3 +89,19 @@ def test_layout_and_errors(model):
         TextureSettings(size=4)
     with pytest.raises(ValueError, match="same B"):
         project_texture(torch.zeros(2, 3, 8, 8), model.shape(), model, Intrinsics.default(8, 8))
+
+
+def test_layout_disk_cache_round_trip(toy_model, tmp_path):
+    import dataclasses
+
+    arrays = dataclasses.replace(toy_model, meta={**toy_model.meta, "source_sha256": "abc123"})
+    m = MorphableModel(arrays)
+    first = uv_layout(m, 48, cache_dir=tmp_path)
+    files = list(tmp_path.glob("uv_layout_*.npz"))
+    assert len(files) == 1
+    again = uv_layout(m, 48, cache_dir=tmp_path)
+    for name in ("texel", "tri", "bary", "mirror", "pad_source"):
+        torch.testing.assert_close(getattr(again, name), getattr(first, name))
+    assert again.mm_per_texel == first.mm_per_texel
+    files[0].write_bytes(b"garbage")  # a broken cache file is recomputed, not fatal
+    torch.testing.assert_close(uv_layout(m, 48, cache_dir=tmp_path).texel, first.texel)
