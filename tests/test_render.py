@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from face3d.camera import Intrinsics, euler_to_matrix, transform
-from face3d.camera import vertex_normals as camera_vertex_normals
+from face3d.camera import Intrinsics, euler_to_matrix, transform, vertex_normals
 from face3d.lighting import DENG_AMBIENT, irradiance
 from face3d.morphable_model import MorphableModel
 from face3d.render import (RenderSettings, Renderer, available_rasterizers, get_rasterizer,
                            interpolate_corner_attributes, interpolate_vertex_attributes, sample_texture,
-                           vertex_normals, vertex_visibility)
+                           vertex_visibility)
 
 HAVE_OPEN3D = "open3d" in available_rasterizers()
 BACKENDS = ["torch"] + (["open3d"] if HAVE_OPEN3D else [])
@@ -305,11 +304,20 @@ def test_textured_render_and_corner_attributes(toy_model):
     torch.testing.assert_close(uvb, uv)
 
 
-def test_vertex_normals_match_camera_module(toy_model):
+def test_vertex_normals_match_a_direct_implementation(toy_model):
+    """The coordinate-major vertex_normals against the textbook per-row version (batched)."""
     m, vc, _ = _toy_scene(toy_model)
-    vb = torch.cat([vc, vc * 1.1 + 3.0])
-    torch.testing.assert_close(vertex_normals(vb, m.triangles), camera_vertex_normals(vb, m.triangles),
-                               atol=1e-6, rtol=1e-5)
+    vb = torch.cat([vc, vc * 1.1 + 3.0]).double()
+    f = m.triangles
+    v0, v1, v2 = (vb[:, f[:, k]] for k in range(3))
+    fn = torch.cross(v1 - v0, v2 - v0, dim=-1)
+    ref = torch.zeros_like(vb)
+    for k in range(3):
+        ref = ref.index_add(1, f[:, k], fn)
+    ref = torch.nn.functional.normalize(ref, dim=-1)
+    got = vertex_normals(vb, f)
+    torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-10)
+    assert got.permute(2, 0, 1).is_contiguous()  # the renderer relies on the channel-first storage
 
 
 def test_vertex_visibility_on_a_sphere(sphere):

@@ -12,11 +12,10 @@ from face3d.render.interpolate import (interpolate_corner_attributes, interpolat
                                        interpolate_vertex_attributes, interpolate_vertex_packed, sample_texture)
 from face3d.render.rasterizer import BACKENDS, Rasterizer, available_rasterizers, get_rasterizer
 from face3d.render.renderer import RenderOutput, Renderer, RenderSettings
-from face3d.render.mesh import vertex_normals
 from face3d.render.visibility import vertex_visibility
 
 __all__ = [
     "BACKENDS", "Fragments", "Rasterizer", "RenderOutput", "RenderSettings", "Renderer", "available_rasterizers",
     "fragments_from_triangle_ids", "get_rasterizer", "interpolate_corner_attributes", "interpolate_corner_packed",
-    "interpolate_vertex_attributes", "interpolate_vertex_packed", "sample_texture", "vertex_normals", "vertex_visibility",
+    "interpolate_vertex_attributes", "interpolate_vertex_packed", "sample_texture", "vertex_visibility",
 ]

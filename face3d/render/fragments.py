@@ -38,7 +38,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["Fragments", "fragments_from_triangle_ids", "barycentric_sum"]
+__all__ = ["Fragments", "fragments_from_triangle_ids", "barycentric_sum", "channels_first", "corner_ids",
+           "corner_table_of"]
 
 
 def barycentric_sum(corners: Tensor, bary: Tensor) -> Tensor:
@@ -47,10 +48,9 @@ def barycentric_sum(corners: Tensor, bary: Tensor) -> Tensor:
     Written as a multiply-add chain: a broadcast multiply followed by a reduction over the
     corner axis is several times slower on CPU.
     """
-    bary = bary.to(corners.dtype)
-    out = corners[:, 0] * bary[0]
-    out = out.addcmul(corners[:, 1], bary[1])
-    return out.addcmul(corners[:, 2], bary[2])
+    c0, c1, c2 = corners.unbind(1)  # unbind, not indexing: indexed views cost a zero-filled
+    b0, b1, b2 = bary.to(corners.dtype).unbind(0)  # full-size tensor each in backward
+    return (c0 * b0).addcmul_(c1, b1).addcmul_(c2, b2)
 
 
 @dataclass
@@ -114,7 +114,9 @@ class Fragments:
         b, h, w = self.shape
         c = packed.shape[0]
         out = packed.new_full((c, b * h * w), fill)
-        out.index_copy_(1, self.pix, packed)  # in place on a fresh tensor: autograd-safe, no extra copy
+        # in place on a fresh tensor: autograd-safe, no extra copy; scatter along dim 1 with an
+        # expanded index is several times faster on CPU than index_copy_ (pixels are unique)
+        out.scatter_(1, self.pix.expand(c, -1), packed)
         return out.view(c, b, h, w).transpose(0, 1)
 
     def gather_vertices(self, values: Tensor, triangles: Optional[Tensor] = None) -> Tensor:
@@ -126,15 +128,14 @@ class Fragments:
         if triangles is None:
             corner = self.corner_vertex
         else:
-            corner = triangles.to(device=self.pix.device, dtype=torch.long).t().contiguous().index_select(1, self.pix_tri)
+            corner = corner_ids(triangles.to(device=self.pix.device, dtype=torch.long), self.pix_tri)
         if values.ndim == 2:
-            table = values.t().contiguous()
+            table = channels_first(values)
         elif values.ndim == 3:
             b, n, c = values.shape
             if b != self.shape[0]:
                 raise ValueError(f"values have batch {b}, fragments have batch {self.shape[0]}")
-            # (C, B·N) contiguous: index_select on the strided transpose is several times slower
-            table = values.reshape(b * n, c).t().contiguous()
+            table = channels_first(values)  # (C, B·N)
             if b > 1:
                 corner = corner + self.pix_batch * n
         else:
@@ -142,56 +143,86 @@ class Fragments:
         return table.index_select(1, corner.reshape(-1)).view(table.shape[0], 3, -1)
 
 
-def _edge(ax: Tensor, ay: Tensor, bx: Tensor, by: Tensor, cx: Tensor, cy: Tensor) -> Tensor:
-    """Twice the signed area of triangle abc."""
-    return (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+def channels_first(values: Tensor) -> Tensor:
+    """(..., C) → (C, M) with M = the product of the leading sizes, contiguous.
+
+    No copy when ``values`` already is a permuted view of a channel-first tensor (e.g.
+    :func:`face3d.camera.vertex_normals`); otherwise one column per channel —
+    ``permute(...).contiguous()`` takes a slow strided-copy path on CPU for small C.
+    """
+    c = values.shape[-1]
+    flat = values.reshape(-1, c)
+    if flat.t().is_contiguous():
+        return flat.t()
+    return torch.stack(flat.unbind(1))
+
+
+def corner_table_of(triangles: Tensor) -> Tensor:
+    """(F, 3) triangles → (3, F) contiguous corner-major vertex ids (one column copy per corner:
+    ``t().contiguous()`` takes a slow strided path on CPU)."""
+    return torch.stack(triangles.unbind(1))
+
+
+def corner_ids(triangles: Tensor, tri: Tensor, corner_table: Optional[Tensor] = None) -> Tensor:
+    """(3, P) vertex ids of the corners of triangles ``tri`` (P,) of (F, 3) ``triangles``
+    (or of its :func:`corner_table_of`, if given)."""
+    if corner_table is not None:
+        return corner_table.index_select(1, tri)
+    return torch.stack([triangles[:, k].index_select(0, tri) for k in range(3)])
 
 
 def fragments_from_triangle_ids(tri_id: Tensor, screen_vertices: Tensor, triangles: Tensor,
-                                perspective: bool = True) -> Fragments:
+                                perspective: bool = True, corner_table: Optional[Tensor] = None) -> Fragments:
     """Build :class:`Fragments` from per-pixel triangle ids (B, H, W) (-1 = background).
 
-    ``screen_vertices`` (B, N, 3) as in the module doc; ``triangles`` (F, 3) long. The
-    barycentrics and depth are computed here, differentiably (module doc). A degenerate
-    (zero-area) triangle that a backend still reports gets λ = (1/3, 1/3, 1/3).
+    ``screen_vertices`` (B, N, 3) as in the module doc; ``triangles`` (F, 3) long;
+    ``corner_table``: optionally its :func:`corner_table_of`, to save the transpose when
+    the caller caches it. The barycentrics and depth are computed here, differentiably
+    (module doc). A degenerate (zero-area) triangle that a backend still reports gets
+    λ = (1/3, 1/3, 1/3).
     """
     b, h, w = tri_id.shape
     n = screen_vertices.shape[1]
     flat_tri = tri_id.reshape(-1)
     pix = torch.nonzero(flat_tri >= 0).squeeze(1)
     tri = flat_tri.index_select(0, pix)
-    batch = torch.div(pix, h * w, rounding_mode="floor")
-    rem = pix - batch * (h * w)
-    row = torch.div(rem, w, rounding_mode="floor")
     dtype = screen_vertices.dtype
-    py = row.to(dtype)
-    px = (rem - row * w).to(dtype)
-
-    corner = triangles.t().contiguous().index_select(1, tri)  # (3, P) vertex ids
-    flat = corner + batch * n if b > 1 else corner
-    coords = screen_vertices.reshape(b * n, 3).t().contiguous()  # (3 xyz, B·N)
-    v = coords.index_select(1, flat.reshape(-1)).view(3, 3, -1)  # (xyz, corner, P)
-    x, y, z = v[0], v[1], v[2]
-    area = _edge(x[0], y[0], x[1], y[1], x[2], y[2])
-    lam = torch.stack([
-        _edge(px, py, x[1], y[1], x[2], y[2]),
-        _edge(x[0], y[0], px, py, x[2], y[2]),
-        _edge(x[0], y[0], x[1], y[1], px, py),
-    ])
-    degenerate = area.abs() < 1e-12
-    if bool(degenerate.any()):
-        safe = torch.where(degenerate, torch.ones_like(area), area)
-        lam = torch.where(degenerate, torch.full_like(lam, 1.0 / 3.0), lam / safe)
+    # pixel centre from the flat index in float64 (exact far beyond any image size; int64
+    # division is slower on CPU): row over the whole batch, then item and row within it
+    p = pix.to(torch.float64)
+    rows = ((p + 0.5) * (1.0 / w)).floor_()
+    px = p.sub_(rows * w).to(dtype)
+    if b > 1:
+        item = ((rows + 0.5) * (1.0 / h)).floor_()
+        py = rows.sub_(item * h).to(dtype)
+        batch = item.to(torch.long)
     else:
-        lam = lam / area
+        py = rows.to(dtype)
+        batch = torch.zeros_like(pix)
+
+    corner = corner_ids(triangles, tri, corner_table)  # (3, P) vertex ids
+    flat = corner + batch * n if b > 1 else corner
+    coords = channels_first(screen_vertices)  # (3 xyz, B·N)
+    x, y, z = coords.index_select(1, flat.reshape(-1)).view(3, 3, -1).unbind(0)  # (corner, P) each
+    # λ_k ∝ signed area of the triangle with corner k replaced by the pixel centre:
+    # the 2D cross product of the other two corners relative to the pixel
+    dx0, dx1, dx2 = (x - px).unbind(0)
+    dy0, dy1, dy2 = (y - py).unbind(0)
+    area = torch.stack([dx1 * dy2 - dx2 * dy1, dx2 * dy0 - dx0 * dy2, dx0 * dy1 - dx1 * dy0])  # (3, P)
+    area2 = area.sum(0)  # twice the signed area of the triangle
+    degenerate = area2.abs() < 1e-12
+    if bool(degenerate.any()):
+        area = torch.where(degenerate, torch.ones_like(area), area)
+        area2 = torch.where(degenerate, torch.full_like(area2, 3.0), area2)
 
     if perspective:
-        wz = lam / z  # λ_k / z_k
-        inv_depth = wz.sum(0)
-        bary = wz / inv_depth
-        depth = 1.0 / inv_depth
+        # b_k = (λ_k / z_k) / Σ_j λ_j / z_j and z = 1 / Σ_j λ_j / z_j; the area cancels in b
+        wz = area / z
+        inv = wz.sum(0)
+        bary = wz / inv
+        depth = area2 / inv
     else:
-        bary = lam
-        depth = (lam * z).sum(0)
+        bary = area / area2
+        depth = (bary * z).sum(0)
     return Fragments(tri_id=tri_id, pix=pix, pix_tri=tri, pix_batch=batch, corner_vertex=corner,
                      corner_bary=bary, pix_depth=depth, n_vertices=n)

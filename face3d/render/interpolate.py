@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from face3d.render.fragments import Fragments, barycentric_sum
+from face3d.render.fragments import Fragments, barycentric_sum, channels_first, corner_ids
 
 __all__ = ["interpolate_vertex_packed", "interpolate_corner_packed", "interpolate_vertex_attributes",
            "interpolate_corner_attributes", "sample_texture"]
@@ -27,15 +27,14 @@ def interpolate_corner_packed(fragments: Fragments, values: Tensor, corner_trian
     indexes ``values`` for corner k of triangle f (``uv_triangles`` of a model), so seams
     where one vertex has several UVs are handled.
     """
-    idx = corner_triangles.to(device=fragments.pix.device, dtype=torch.long).t().contiguous()
-    corner = idx.index_select(1, fragments.pix_tri)  # (3, P)
+    corner = corner_ids(corner_triangles.to(device=fragments.pix.device, dtype=torch.long), fragments.pix_tri)  # (3, P)
     if values.ndim == 2:
-        table = values.t().contiguous()
+        table = channels_first(values)
     elif values.ndim == 3:
         b, t, c = values.shape
         if b != fragments.shape[0]:
             raise ValueError(f"values have batch {b}, fragments have batch {fragments.shape[0]}")
-        table = values.reshape(b * t, c).t().contiguous()
+        table = channels_first(values)
         corner = corner + fragments.pix_batch * t
     else:
         raise ValueError(f"corner values must be (T, C) or (B, T, C), got shape {tuple(values.shape)}")

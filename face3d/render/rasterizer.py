@@ -19,12 +19,12 @@ the torch backend, which is the fastest CPU backend measured by ``bench/render.p
 from __future__ import annotations
 
 import abc
-from typing import ClassVar, Optional
+from typing import Callable, ClassVar, Optional
 
 import torch
 from torch import Tensor
 
-from face3d.render.fragments import Fragments, fragments_from_triangle_ids
+from face3d.render.fragments import Fragments, corner_table_of, fragments_from_triangle_ids
 
 __all__ = ["Rasterizer", "available_rasterizers", "get_rasterizer", "BACKENDS"]
 
@@ -56,6 +56,18 @@ class Rasterizer(abc.ABC):
         is interpolated (orthographic).
         """
 
+    def triangle_table(self, name: str, triangles: Tensor, make: Callable[[], Tensor]) -> Tensor:
+        """``make()``, cached per instance while the *same* ``triangles`` tensor is passed
+        again unmodified (identity and in-place version counter), as when one mesh topology
+        is rendered many times (fitting loops). For tables derived from the triangles only."""
+        cache = self.__dict__.setdefault("_triangle_tables", {})
+        hit = cache.get(name)
+        if hit is not None and hit[0] is triangles and hit[1] == triangles._version:
+            return hit[2]
+        value = make()
+        cache[name] = (triangles, triangles._version, value)
+        return value
+
     def __call__(self, screen_vertices: Tensor, triangles: Tensor, height: int, width: int,
                  perspective: bool = True) -> Fragments:
         """Rasterize screen-space vertices (B, N, 3) with triangles (F, 3) into an H × W image."""
@@ -68,11 +80,15 @@ class Rasterizer(abc.ABC):
         if int(height) <= 0 or int(width) <= 0:
             raise ValueError(f"image size must be positive, got {height} x {width}")
         triangles = triangles.to(device=screen_vertices.device, dtype=torch.long)
-        if triangles.numel() and (int(triangles.min()) < 0 or int(triangles.max()) >= screen_vertices.shape[1]):
-            raise ValueError(f"triangle index out of range for {screen_vertices.shape[1]} vertices")
+        n = screen_vertices.shape[1]
+        lo, hi = self.triangle_table("range", triangles, lambda: (
+            (int(triangles.min()), int(triangles.max())) if triangles.numel() else (0, -1)))
+        if lo < 0 or hi >= n:
+            raise ValueError(f"triangle index out of range for {n} vertices")
         with torch.no_grad():
             tri_id = self.triangle_ids(screen_vertices.detach(), triangles, int(height), int(width), perspective)
-        return fragments_from_triangle_ids(tri_id, screen_vertices, triangles, perspective)
+        corner_table = self.triangle_table("corners", triangles, lambda: corner_table_of(triangles))
+        return fragments_from_triangle_ids(tri_id, screen_vertices, triangles, perspective, corner_table=corner_table)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -9,17 +9,17 @@ Everything after the rasterizer's visibility decision is differentiable.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from face3d.camera import Intrinsics, project, project_weak
-from face3d.lighting import DENG_AMBIENT, NUM_SH, sh_basis
+from face3d.camera import Intrinsics, project, project_weak, vertex_normals
+from face3d.lighting import DENG_AMBIENT, NUM_SH, SH_CONSTANTS
 from face3d.render.fragments import Fragments
 from face3d.render.interpolate import interpolate_corner_packed, interpolate_vertex_packed, sample_texture
-from face3d.render.mesh import normalize_rows, vertex_normals
 from face3d.render.rasterizer import Rasterizer, get_rasterizer
 
 __all__ = ["RenderSettings", "RenderOutput", "Renderer"]
@@ -84,21 +84,62 @@ class RenderOutput:
     screen_vertices: Tensor
 
 
-def _packed_irradiance(frags: Fragments, normals: Tensor, sh: Tensor, ambient: float) -> Tensor:
-    """SH irradiance (3, P) of packed camera-frame normals (3, P), each pixel lit by its item's ``sh``.
+def _sh_quadratic_forms(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(9, 4, 4) symmetric T_k with H_k(n) = n̂ᵀ T_k n̂ for a unit **camera-frame** normal n and
+    n̂ = (n_x, n_y, n_z, 1): the basis of :func:`face3d.lighting.sh_basis` (Deng et al.'s
+    constants, view frame (x, −y, −z)) written as quadratic forms, so that the irradiance
+    Σ_k γ_k H_k(n) = n̂ᵀ (Σ_k γ_k T_k) n̂ costs one small matmul per pixel batch."""
+    a0, a1, a2, c0, c1, c2 = SH_CONSTANTS
+    k1, k2 = a1 * c1, a2 * c2
+    c6 = 0.5 * k2 / math.sqrt(3.0)
+    x, y, z, w = range(4)
+    t = [[[0.0] * 4 for _ in range(4)] for _ in range(NUM_SH)]
+    entries = [
+        (0, w, w, a0 * c0),
+        (1, y, w, k1),  # −k1·y_view = k1·y
+        (2, z, w, -k1),  # k1·z_view = −k1·z
+        (3, x, w, -k1),  # −k1·x_view
+        (4, x, y, -k2),  # k2·x_view·y_view = −k2·x·y
+        (5, y, z, -k2),  # −k2·y_view·z_view = −k2·y·z
+        (6, z, z, 3.0 * c6), (6, w, w, -c6),  # c6·(3 z² − 1)
+        (7, x, z, k2),  # −k2·x_view·z_view = k2·x·z
+        (8, x, x, 0.5 * k2), (8, y, y, -0.5 * k2),  # k2/2 · (x² − y²)
+    ]
+    for k, i, j, v in entries:  # off-diagonal terms split over (i, j) and (j, i)
+        t[k][i][j] += v / 2.0
+        t[k][j][i] += v / 2.0
+    return torch.tensor(t, dtype=dtype, device=device)
 
-    Same maths as :func:`face3d.lighting.irradiance`, arranged for packed pixels: the basis
-    once for all pixels, then one small matmul per batch item (pixels are batch-major).
+
+def _packed_irradiance(frags: Fragments, normals: Tensor, sh: Tensor, ambient: float) -> Tensor:
+    """SH irradiance (3, P) of packed unit camera-frame normals (3, P), each pixel lit by its item's ``sh``.
+
+    Same values as :func:`face3d.lighting.irradiance`, evaluated as the quadratic forms of
+    :func:`_sh_quadratic_forms`: per item M_c = Σ_k γ_ck T_k (3·4 × 4), then E_c = n̂ᵀ M_c n̂
+    — a (12, 4) @ (4, P) matmul and a multiply-add instead of building the 9 basis rows.
     """
-    basis = sh_basis(normals.t(), frame="camera")  # (P, 9)
     g = sh.view(-1, 3, NUM_SH)
     if ambient:
         g = g + g.new_tensor([ambient] + [0.0] * (NUM_SH - 1))
-    if g.shape[0] == 1:
-        return g[0] @ basis.t()
-    counts = torch.bincount(frags.pix_batch, minlength=g.shape[0]).tolist()
-    parts = [g[i] @ part.t() for i, part in enumerate(torch.split(basis, counts))]
-    return torch.cat(parts, 1)
+    forms = (g @ _sh_quadratic_forms(normals.dtype, normals.device).view(NUM_SH, 16)).view(-1, 12, 4)  # (B, 3·4, 4)
+
+    def quad(m: Tensor, n: Tensor) -> Tensor:
+        # rows (M_c n̂)_i = M_c[i, :3] n + M_c[i, 3]; then n̂ᵀ M_c n̂ = Σ_i n_i (M_c n̂)_i + (M_c n̂)_3.
+        # unbind, not indexing: each indexed view would cost a full-size zero tensor in backward
+        q0, q1, q2, q3 = torch.addmm(m[:, 3:], m[:, :3], n).view(3, 4, -1).unbind(1)
+        x, y, z = n.unbind(0)
+        return q3.addcmul(q0, x).addcmul_(q1, y).addcmul_(q2, z)
+
+    if forms.shape[0] == 1:
+        return quad(forms[0], normals)
+    counts = torch.bincount(frags.pix_batch, minlength=forms.shape[0]).tolist()
+    return torch.cat([quad(forms[i], part) for i, part in enumerate(torch.split(normals, counts, dim=1))], 1)
+
+
+def _normalize(v: Tensor) -> Tensor:
+    """Unit vectors along dim 0 of a (3, …) tensor (zero vectors stay zero): ``F.normalize(v, dim=0)``
+    without its norm kernel, an order of magnitude slower on CPU for a size-3 reduction."""
+    return v * (v * v).sum(0).clamp_min(1e-24).rsqrt()
 
 
 @dataclass
@@ -168,7 +209,7 @@ class Renderer:
 
         if normals is None:
             normals = vertex_normals(vertices, triangles)
-        pix_normals = normalize_rows(interpolate_vertex_packed(frags, normals))  # (3, P)
+        pix_normals = _normalize(interpolate_vertex_packed(frags, normals))  # (3, P)
         if albedo is not None:
             colour = interpolate_vertex_packed(frags, albedo)  # (3, P)
         else:
@@ -179,12 +220,14 @@ class Renderer:
             colour = colour * _packed_irradiance(frags, pix_normals, sh.to(vertices.dtype), self.settings.sh_ambient)
 
         mask = frags.mask[:, None].to(vertices.dtype)
+        bg = self.settings.background
+        if self.settings.clamp:  # on the covered pixels only; the background is clamped separately
+            colour = colour.clamp(0.0, 1.0)
+            bg = tuple(min(max(float(c), 0.0), 1.0) for c in bg)
         image = frags.scatter(colour)
-        if any(self.settings.background):
-            bg = torch.as_tensor(self.settings.background, dtype=vertices.dtype, device=vertices.device)
-            image = image + bg.view(1, 3, 1, 1) * (1.0 - mask)
-        if self.settings.clamp:
-            image = image.clamp(0.0, 1.0)
+        if any(bg):
+            bg_t = torch.as_tensor(bg, dtype=vertices.dtype, device=vertices.device)
+            image = image + bg_t.view(1, 3, 1, 1) * (1.0 - mask)
         return RenderOutput(image=image, mask=mask, depth=frags.depth[:, None], normals=frags.scatter(pix_normals),
                             fragments=frags, screen_vertices=sv)
 

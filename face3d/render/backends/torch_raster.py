@@ -51,6 +51,16 @@ _SIDES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 _PAD = 64
 
 
+def _flat_index(triangles: Tensor) -> Tensor:
+    """(3 xyz, 3 corners, F) indices 3·vertex + coordinate into a flat (N·3) vertex array."""
+    idx = torch.empty(3, 3, triangles.shape[0], dtype=torch.long, device=triangles.device)
+    for k in range(3):
+        torch.mul(triangles[:, k], 3, out=idx[0, k])
+    torch.add(idx[0], 1, out=idx[1])
+    torch.add(idx[0], 2, out=idx[2])
+    return idx
+
+
 class TorchRasterizer(Rasterizer):
     """Vectorised z-buffer rasterizer in pure torch; see the module doc.
 
@@ -95,15 +105,15 @@ class TorchRasterizer(Rasterizer):
             return sides, lut.to(device)
         return self._cached(("bins", longest, str(device)), make)
 
-    def _grid(self, k: int, stride: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        """k × k tile: rows (rx, ry, 1) float32 (k², 3), z-buffer offsets (k², 1) int64,
-        and (rx, ry) int32 (2, k², 1) for box tests."""
+    def _grid(self, kw: int, kh: int, stride: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """kw × kh tile: rows (rx, ry, 1) float32 (T, 3), z-buffer offsets (T, 1) int64, and
+        (rx, ry) int32 (2, T, 1) for box tests."""
         def make():
-            ry = torch.arange(k, device=device).repeat_interleave(k)
-            rx = torch.arange(k, device=device).repeat(k)
+            ry = torch.arange(kh, device=device).repeat_interleave(kw)
+            rx = torch.arange(kw, device=device).repeat(kh)
             grid = torch.stack([rx, ry, torch.ones_like(rx)], 1).to(torch.float32)
             return grid, (ry * stride + rx)[:, None], torch.stack([rx, ry]).to(torch.int32)[:, :, None]
-        return self._cached(("grid", k, stride, str(device)), make)
+        return self._cached(("grid", kw, kh, stride, str(device)), make)
 
     # ------------------------------------------------------------------ rasterization
 
@@ -129,41 +139,42 @@ class TorchRasterizer(Rasterizer):
             return torch.full((b, height, width), -1, dtype=torch.long, device=device)
         f32, i64 = torch.float32, torch.long
         take = lambda name, shape, dtype=f32: self._take(name, shape, dtype, device)  # noqa: E731
+        m = b * f
 
-        # Coordinate-major layouts throughout: 1-D index_select on contiguous rows is several
-        # times faster on CPU than fancy indexing of (…, 3) rows.
-        coords = take("coords", (3, b * n))
-        coords.view(3, b, n).copy_(screen_vertices.permute(2, 0, 1))
-        corner = take("corner", (3, b, f), i64)
+        # Coordinate-major table, one gather from the flat (B·N·3) vertex array: rows
+        # x0 x1 x2 y0 y1 y2 z0 z1 z2 of every (item, triangle), then the box corner (x, y)
+        # and min z. (Transposing copies and fancy indexing of (…, 3) rows are several times
+        # slower on CPU; so is every extra op at this size, hence the fused layout.)
+        flat_sv = screen_vertices.to(f32).reshape(-1)
+        idx = self.triangle_table("flat_index", triangles, lambda: _flat_index(triangles))  # (3, 3, F)
         if b > 1:
-            torch.add(triangles.t()[:, None, :], (torch.arange(b, device=device) * n)[None, :, None], out=corner)
-        else:
-            corner.copy_(triangles.t()[:, None, :])
-        fv = take("fv", (9, b * f))  # rows x0 x1 x2 y0 y1 y2 z0 z1 z2 of every (item, triangle)
-        torch.index_select(coords, 1, corner.view(-1), out=fv.view(3, 3 * b * f))
-        x, y, z = fv[0:3], fv[3:6], fv[6:9]
-        box = take("box", (5, b * f))  # rows: x0, y0 (box corner), w − 1, h − 1, side − 1 of the pixel-centre box
-        x0, y0, bw, bh, side = box.unbind(0)
-        torch.amin(x, 0, out=x0).ceil_().clamp_(min=0)
-        torch.amin(y, 0, out=y0).ceil_().clamp_(min=0)
-        torch.amax(x, 0, out=bw).floor_().clamp_(max=width - 1).sub_(x0)
-        torch.amax(y, 0, out=bh).floor_().clamp_(max=height - 1).sub_(y0)
-        torch.maximum(bw, bh, out=side)
+            idx = torch.add(idx[:, :, None, :], (torch.arange(b, device=device) * (3 * n))[:, None],
+                            out=take("idx", (3, 3, b, f), i64))
+        table = take("table", (12, m))
+        torch.index_select(flat_sv, 0, idx.view(-1), out=table[:9].view(-1))
+        fv = table[:9].view(3, 3, m)  # (xyz, corner, B·F)
+        mins = torch.amin(fv, 1, out=table[9:12])  # x, y, z minima
+        maxs = torch.amax(fv[:2], 1)
+        corner_xy = mins[:2].ceil_().clamp_(min=0)  # integer pixel-centre box, clipped to the image
+        size = torch.minimum(maxs.floor_(), self._cached(("lim", width, height, str(device)), lambda: torch.tensor(
+            [[width - 1.0], [height - 1.0]], device=device)), out=maxs).sub_(corner_xy)  # (w − 1, h − 1)
         # valid: a non-empty box and (perspective) every corner in front of the camera
-        lo = torch.minimum(bw, bh).add_(0.5)
+        valid = size.amin(0).add_(0.5)
         if perspective:
-            torch.minimum(lo, z.amin(0), out=lo)
+            valid = torch.minimum(valid, mins[2])
         else:
-            lo.masked_fill_(~torch.isfinite(z).all(0), -1.0)
+            valid.masked_fill_(~torch.isfinite(fv[2]).all(0), -1.0)
         sides, lut = self._bins(max(height, width), device)
         nbins = len(sides)
-        # bin of every triangle; invalid ones get bin `nbins` (the table's last entry) and sort last
-        cls = lut.index_select(0, side.clamp(0, len(lut) - 2).masked_fill_(~(lo > 0), len(lut) - 1).to(i64))
+        # bin of every triangle (by its longer box side); invalid ones get bin `nbins` and sort last
+        side = size.amax(0).masked_fill_((valid > 0).logical_not_(), len(lut) - 1)
+        cls = lut.index_select(0, side.to(i64))
         counts = torch.bincount(cls, minlength=nbins + 1).tolist()
-        n_ok = sum(counts[:nbins])
+        n_ok = m - counts[nbins]
         if n_ok == 0:
             return torch.full((b, height, width), -1, dtype=torch.long, device=device)
-        # fold small bins into the next larger one (a bin's fixed cost ≈ merge_pixels candidates)
+        # fold small bins into the next larger one (a bin's fixed cost ≈ merge_pixels candidates;
+        # rectangular tiles were tried: on face meshes they save < 5% of the candidates)
         plan: list[tuple[int, int]] = []  # (tile side, triangle count), in bin order
         present = [i for i in range(nbins) if counts[i]]
         carry = 0
@@ -180,42 +191,43 @@ class TorchRasterizer(Rasterizer):
             sel = torch.arange(n_ok, device=device)
         s = n_ok
 
-        # per selected triangle: corners relative to the box corner
-        fs = take("fs", (9, s))
-        torch.index_select(fv, 1, sel, out=fs)
-        org = take("org", (2, s))
-        torch.index_select(box[0:2], 1, sel, out=org)
-        xs, ys, zs = fs[0:3], fs[3:6], fs[6:9]
-        xs -= org[0]
-        ys -= org[1]
+        # per selected triangle, corners relative to the box corner, in a (xy, 5, S) table
+        # whose rows k+1 … k+3 are the corners k+1, k+2 (mod 3) as views
+        fs = take("fs", (11, s))
+        torch.index_select(table[:11], 1, sel, out=fs)
+        rel = take("rel", (2, 5, s))
+        torch.sub(fs[0:6].view(2, 3, s), fs[9:11, None], out=rel[:, :3])
+        rel[:, 3:].copy_(rel[:, :2])
+        x1, x2, y1, y2 = rel[0, 1:4], rel[0, 2:5], rel[1, 1:4], rel[1, 2:5]
         # λ_k(p) = (A_k·px + B_k·py + C_k) / area2: the sub-triangle opposite corner k
         coef = take("coef", (3, 4, s))  # (A B C, λ0 λ1 λ2 key, S)
-        A, B, C = coef[0, :3], coef[1, :3], coef[2, :3]
-        for k in range(3):
-            k1, k2 = (k + 1) % 3, (k + 2) % 3
-            torch.sub(ys[k1], ys[k2], out=A[k])
-            torch.sub(xs[k2], xs[k1], out=B[k])
-            torch.mul(xs[k1], ys[k2], out=C[k]).addcmul_(xs[k2], ys[k1], value=-1.0)
+        lam = coef[:, :3]
+        A, B, C = lam.unbind(0)
+        torch.sub(y1, y2, out=A)
+        torch.sub(x2, x1, out=B)
+        torch.mul(x1, y2, out=C).addcmul_(x2, y1, value=-1.0)
         area2 = C.sum(0)  # twice the signed area
         degenerate = area2.abs() <= 1e-10
-        inv = area2.reciprocal_().masked_fill_(degenerate, 0.0)
-        coef[:, :3] *= inv
+        lam *= area2.reciprocal_().masked_fill_(degenerate, 0.0)
         # depth key, affine in the pixel position and positive inside the triangle:
         # perspective 2·max(1/z) − Σλ_k/z_k (1/z affine in the image; smaller = nearer),
         # orthographic Σλ_k (z_k − min z + 1)
-        zk = zs.reciprocal_() if perspective else zs.sub_(float(zs.min()) - 1.0)
-        key = coef[:, 3]
-        torch.mul(coef[:, 0], zk[0], out=key).addcmul_(coef[:, 1], zk[1]).addcmul_(coef[:, 2], zk[2])
+        zs = fs[6:9]
         if perspective:
-            key.neg_()
-            key[2] += 2.0 * float(zk.max())
+            zk = zs.reciprocal_().neg_()
+            offset = -2.0 * float(zk.min())
+        else:
+            zk = zs.sub_(float(zs.min()) - 1.0)
+            offset = 0.0
+        torch.sum(lam * zk, 1, out=coef[:, 3])
+        coef[2, 3] += offset
         C += _INSIDE_EPS
         C[0].masked_fill_(degenerate, -1.0)  # λ0 ≡ −1: never inside
 
         pad = min(_PAD, max(k for k, _ in plan))
         stride_w, stride_h = width + pad, height + pad
-        corner_px = org.to(i64)
-        base = corner_px[1].mul_(stride_w).add_(corner_px[0])  # (S,) z-buffer index of the box corner
+        box = fs[9:11].to(i64)
+        base = box[1].mul_(stride_w).add_(box[0])  # (S,) z-buffer index of the box corner
         if b > 1:
             base += torch.div(sel, f, rounding_mode="floor") * (stride_h * stride_w)
             tri = torch.remainder(sel, f)
@@ -230,20 +242,19 @@ class TorchRasterizer(Rasterizer):
                 s1 = min(s0 + step, start + cnt)
                 boxed = None
                 if k > pad:  # tile larger than the padding: test the box, keep indices in range
-                    idx = sel[s0:s1]
-                    boxed = (bw.index_select(0, idx).to(torch.int32), bh.index_select(0, idx).to(torch.int32))
-                self._tile(zbuf, k, stride_w, coef[:, :, s0:s1], base[s0:s1], tri[s0:s1], boxed)
+                    boxed = size.index_select(1, sel[s0:s1]).to(torch.int32)
+                self._tile(zbuf, k, k, stride_w, coef[:, :, s0:s1], base[s0:s1], tri[s0:s1], boxed)
             start += cnt
 
         words = zbuf.view(torch.int32).view(b, stride_h, stride_w, 2)[:, :height, :width]
         return words[..., _LO].to(torch.long).masked_fill_(words[..., _HI] == _FAR, -1)
 
-    def _tile(self, zbuf: Tensor, k: int, stride: int, coef: Tensor, base: Tensor, tri: Tensor,
-              boxed: Optional[tuple[Tensor, Tensor]]) -> None:
-        """Evaluate triangles (``coef`` (3, 4, S), ``base``, ``tri`` (S,) int64) on a k × k
+    def _tile(self, zbuf: Tensor, kw: int, kh: int, stride: int, coef: Tensor, base: Tensor, tri: Tensor,
+              boxed: Optional[Tensor]) -> None:
+        """Evaluate triangles (``coef`` (3, 4, S), ``base``, ``tri`` (S,) int64) on a kw × kh
         tile at their box corner and reduce into ``zbuf``."""
         device = zbuf.device
-        grid, offset, rxy = self._grid(k, stride, device)
+        grid, offset, rxy = self._grid(kw, kh, stride, device)
         s = coef.shape[2]
         t = grid.shape[0]
         # (T, 3) @ (3, 4·S): one wide GEMM; rows of the result are λ0 | λ1 | λ2 | key, S each
@@ -252,14 +263,14 @@ class TorchRasterizer(Rasterizer):
         val = self._take("val", (t, 4 * s), torch.float32, device)
         torch.mm(grid, flat.view(3, 4 * s), out=val)
         val = val.view(torch.int32).view(t, 4, s)
-        # sign bit of any λ or of the key set ⇒ outside; >> 31 spreads it to an all-ones mask
+        # sign bit of any λ set ⇒ outside; >> 31 spreads it to an all-ones mask (the key is
+        # positive wherever all λ ≥ −eps, so it needs no test)
         out = torch.bitwise_or(val[:, 0], val[:, 1], out=self._take("out", (t, s), torch.int32, device))
         out |= val[:, 2]
-        out |= val[:, 3]
         out >>= 31
         pix = torch.add(offset, base, out=self._take("pix", (t, s), torch.long, device))
         if boxed is not None:
-            out |= (boxed[0] - rxy[0]) | (boxed[1] - rxy[1])  # negative where rx > w−1 or ry > h−1
+            out |= (boxed[0] - rxy[0]) | (boxed[1] - rxy[1])  # negative where rx > w−1 or ry > h−1 (boxed: (2, S))
             out >>= 31
             pix.clamp_(max=zbuf.shape[0] - 1)
         # key = (bits of the depth key) << 32 | triangle; outside: high word 0x7FFFFFFF ("no
