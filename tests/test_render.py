@@ -88,6 +88,47 @@ def test_single_triangle_coverage(backend, flip):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_large_triangles_and_image_borders(backend):
+    """Triangles far larger than the padded tiles (the box-tested path) and overhanging every
+    image border: pixel (i, j) of a 150 × 230 image is covered by the lower-left triangle
+    iff i + j ≤ 200 (x + y ≤ 200.4 at its centre), by the upper-right one (further away) iff
+    i + j ≥ 202 and it is inside the clipped quad."""
+    h, w = 150, 230
+    sv = torch.tensor([[[-40.3, -40.3, 5.0], [240.7, -40.3, 5.0], [-40.3, 240.7, 5.0],
+                        [300.0, 300.0, 9.0]]])
+    # second triangle shares the hypotenuse x + y = 200.4 and lies behind
+    tri = torch.tensor([[0, 1, 2], [1, 3, 2]])
+    frags = get_rasterizer(backend)(sv, tri, h, w)
+    i, j = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    first = (i + j) <= 200
+    assert torch.equal(frags.tri_id[0] == 0, first)
+    second = (i + j) >= 202  # centres at x + y = 201 lie 0.6 px past the first triangle's edge
+    assert torch.all(frags.tri_id[0][second] == 1)
+    assert torch.all(frags.mask[0])
+
+
+def test_torch_rasterizer_caches_follow_the_inputs(sphere):
+    """One instance across image sizes, batches and an in-place edit of the triangles gives the
+    same ids as a fresh instance every time (scratch buffers and triangle tables are reused)."""
+    verts, tris, K, _, _ = _sphere_scene(sphere)
+    tris = tris.clone()
+    r = Renderer(RenderSettings(backend="torch")).screen_vertices(verts, K)
+    shared = get_rasterizer("torch")
+    for size, b in ((224, 1), (64, 2), (224, 1)):
+        sv = r[:, :, :] * torch.tensor([size / 224.0, size / 224.0, 1.0])
+        sv = sv.expand(b, -1, -1).contiguous()
+        got = shared(sv, tris, size, size).tri_id
+        ref = get_rasterizer("torch")(sv, tris, size, size).tri_id
+        assert torch.equal(got, ref)
+    tris[:, [1, 2]] = tris[:, [2, 1]].clone()  # in place: flip the winding of every triangle
+    tris[:100] = tris[100:200].clone()  # and hide the first 100
+    got = shared(r, tris, 224, 224).tri_id
+    ref = get_rasterizer("torch")(r, tris, 224, 224).tri_id
+    assert torch.equal(got, ref)
+    assert not torch.any((got >= 0) & (got < 100))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_nearest_surface_wins_and_perspective_depth(backend):
     """Two overlapping tilted quads: per pixel, the depth is the exact ray-plane intersection of
     the nearer one, and interpolated camera-frame positions lie on the pixel's ray."""
@@ -226,6 +267,22 @@ def test_reference_image_of_a_sphere(sphere):
     torch.testing.assert_close(out.image[0, :, 0, 0], torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64))
     nrm_err = (out.normals[0].permute(1, 2, 0) - n)[interior].norm(dim=-1)
     assert nrm_err.max() < 1e-2
+
+
+def test_packed_irradiance_matches_lighting():
+    """The renderer's quadratic-form SH shading equals face3d.lighting.irradiance (camera frame)."""
+    from face3d.render.renderer import _packed_irradiance
+
+    torch.manual_seed(0)
+    n = torch.nn.functional.normalize(torch.randn(2, 50, 3, dtype=torch.float64), dim=-1)
+    sh = torch.randn(2, 27, dtype=torch.float64)
+    ref = irradiance(n, sh, DENG_AMBIENT, frame="camera")  # (2, 50, 3)
+
+    class _Frags:  # only pix_batch is read
+        pix_batch = torch.arange(2).repeat_interleave(50)
+
+    got = _packed_irradiance(_Frags(), n.reshape(100, 3).t(), sh, DENG_AMBIENT)  # (3, 100)
+    torch.testing.assert_close(got.t().reshape(2, 50, 3), ref, atol=1e-12, rtol=1e-12)
 
 
 def test_render_gradcheck():

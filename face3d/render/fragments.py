@@ -119,27 +119,36 @@ class Fragments:
         out.scatter_(1, self.pix.expand(c, -1), packed)
         return out.view(c, b, h, w).transpose(0, 1)
 
+    @cached_property
+    def flat_corner_vertex(self) -> Tensor:
+        """(3, P) corner vertex ids into the batch-flattened (B·N) vertex axis."""
+        if self.shape[0] == 1:
+            return self.corner_vertex
+        return self.corner_vertex + self.pix_batch * self.n_vertices
+
+    def gather_table(self, table: Tensor) -> Tensor:
+        """Channel-first per-vertex table (C, B·N) (see :func:`channels_first`) → corner values (C, 3, P)."""
+        return table.index_select(1, self.flat_corner_vertex.reshape(-1)).view(table.shape[0], 3, -1)
+
     def gather_vertices(self, values: Tensor, triangles: Optional[Tensor] = None) -> Tensor:
         """Per-vertex values (B, N, C), or (N, C) shared by the batch → corner values (C, 3, P).
 
         ``triangles`` (F, 3): take the corners from these instead of the rasterized ones
         (same triangle count; e.g. another mesh with the same topology).
         """
+        if values.ndim not in (2, 3):
+            raise ValueError(f"per-vertex values must be (B, N, C) or (N, C), got shape {tuple(values.shape)}")
+        if values.ndim == 3 and values.shape[0] != self.shape[0]:
+            raise ValueError(f"values have batch {values.shape[0]}, fragments have batch {self.shape[0]}")
+        table = channels_first(values)  # (C, N) or (C, B·N)
+        if triangles is None and values.ndim == 3:
+            return self.gather_table(table)
         if triangles is None:
             corner = self.corner_vertex
         else:
             corner = corner_ids(triangles.to(device=self.pix.device, dtype=torch.long), self.pix_tri)
-        if values.ndim == 2:
-            table = channels_first(values)
-        elif values.ndim == 3:
-            b, n, c = values.shape
-            if b != self.shape[0]:
-                raise ValueError(f"values have batch {b}, fragments have batch {self.shape[0]}")
-            table = channels_first(values)  # (C, B·N)
-            if b > 1:
-                corner = corner + self.pix_batch * n
-        else:
-            raise ValueError(f"per-vertex values must be (B, N, C) or (N, C), got shape {tuple(values.shape)}")
+            if values.ndim == 3 and values.shape[0] > 1:
+                corner = corner + self.pix_batch * values.shape[1]
         return table.index_select(1, corner.reshape(-1)).view(table.shape[0], 3, -1)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Optional
 
 import torch
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from face3d.camera import Intrinsics, project, project_weak, vertex_normals
 from face3d.lighting import DENG_AMBIENT, NUM_SH, SH_CONSTANTS
-from face3d.render.fragments import Fragments
+from face3d.render.fragments import Fragments, barycentric_sum, channels_first
 from face3d.render.interpolate import interpolate_corner_packed, interpolate_vertex_packed, sample_texture
 from face3d.render.rasterizer import Rasterizer, get_rasterizer
 
@@ -74,14 +75,25 @@ class RenderOutput:
     * ``normals`` (B, 3, H, W): unit surface normals in the **camera frame** (OpenCV), 0 on background.
     * ``fragments``: the rasterization (:class:`~face3d.render.fragments.Fragments`).
     * ``screen_vertices`` (B, N, 3): (x_px, y_px, z_mm) the rasterizer saw (for visibility tests).
+    * ``pixel_normals`` (3, P): ``normals`` at the covered pixels, packed (fragments order).
+
+    ``depth`` and ``normals`` are scattered into images on first access (a fitting loop that
+    only compares images does not pay for them); all outputs are differentiable.
     """
 
     image: Tensor
     mask: Tensor
-    depth: Tensor
-    normals: Tensor
     fragments: Fragments
     screen_vertices: Tensor
+    pixel_normals: Tensor
+
+    @cached_property
+    def depth(self) -> Tensor:
+        return self.fragments.depth[:, None]
+
+    @cached_property
+    def normals(self) -> Tensor:
+        return self.fragments.scatter(self.pixel_normals)
 
 
 def _sh_quadratic_forms(dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -209,10 +221,14 @@ class Renderer:
 
         if normals is None:
             normals = vertex_normals(vertices, triangles)
-        pix_normals = _normalize(interpolate_vertex_packed(frags, normals))  # (3, P)
         if albedo is not None:
-            colour = interpolate_vertex_packed(frags, albedo)  # (3, P)
+            # normals and albedo in one (6, B·N) table: one gather and one interpolation
+            table = torch.cat([channels_first(normals), channels_first(albedo.to(normals.dtype))])
+            packed = barycentric_sum(frags.gather_table(table), frags.corner_bary)  # (6, P)
+            pix_normals, colour = packed.split(3)  # split, not slicing: one cat in backward
+            pix_normals = _normalize(pix_normals)
         else:
+            pix_normals = _normalize(interpolate_vertex_packed(frags, normals))  # (3, P)
             uv = frags.scatter(interpolate_corner_packed(frags, uvs.to(vertices), uv_triangles))
             tex = sample_texture(texture.to(vertices.dtype), uv.permute(0, 2, 3, 1))  # (B, 3, H, W)
             colour = tex.transpose(0, 1).reshape(tex.shape[1], -1).index_select(1, frags.pix)
@@ -228,7 +244,6 @@ class Renderer:
         if any(bg):
             bg_t = torch.as_tensor(bg, dtype=vertices.dtype, device=vertices.device)
             image = image + bg_t.view(1, 3, 1, 1) * (1.0 - mask)
-        return RenderOutput(image=image, mask=mask, depth=frags.depth[:, None], normals=frags.scatter(pix_normals),
-                            fragments=frags, screen_vertices=sv)
+        return RenderOutput(image=image, mask=mask, fragments=frags, screen_vertices=sv, pixel_normals=pix_normals)
 
     __call__ = render
