@@ -285,15 +285,17 @@ def test_packed_irradiance_matches_lighting():
     torch.testing.assert_close(got.t().reshape(2, 50, 3), ref, atol=1e-12, rtol=1e-12)
 
 
-def test_render_gradcheck():
-    """Image w.r.t. vertex positions, albedo and SH through rasterization, perspective-correct
-    barycentrics, normal interpolation and SH shading (float64, no pixel centre near an edge)."""
+@pytest.mark.parametrize("projection", ["perspective", "weak"])
+def test_render_gradcheck(projection):
+    """Image and depth w.r.t. vertex positions, albedo and SH through rasterization, the
+    (hand-differentiated) barycentrics, normal interpolation and SH shading (float64, no
+    pixel centre near an edge)."""
     verts = torch.tensor([[[-10.0, -8.0, 100.0], [11.0, -9.0, 104.0], [9.5, 10.0, 98.0], [-9.0, 9.0, 103.0]]],
                          dtype=torch.float64)
     tris = torch.tensor([[0, 2, 1], [0, 3, 2]])
     K = Intrinsics(focal=torch.tensor([[40.0, 40.0]], dtype=torch.float64),
                    principal=torch.tensor([[4.3, 3.6]], dtype=torch.float64))
-    r = Renderer(RenderSettings(image_size=(8, 9), backend="torch", clamp=False))
+    r = Renderer(RenderSettings(image_size=(8, 9), backend="torch", clamp=False, projection=projection))
     frags = r.rasterize(verts, tris, K)
     assert 0 < int(frags.mask.sum()) < 72
     # every covered pixel centre is well inside its triangle, so ±1e-6 moves change no coverage

@@ -42,15 +42,44 @@ __all__ = ["Fragments", "fragments_from_triangle_ids", "barycentric_sum", "chann
            "corner_table_of"]
 
 
-def barycentric_sum(corners: Tensor, bary: Tensor) -> Tensor:
-    """Σ_k bary[k] · corners[:, k] for corners (C, 3, P) and bary (3, P) → (C, P).
+class _BarycentricSum(torch.autograd.Function):
+    """Σ_k bary[k] · corners[:, k] with a hand-written backward: autograd's version of the
+    multiply-add chain spends most of its time stacking per-corner gradients."""
 
-    Written as a multiply-add chain: a broadcast multiply followed by a reduction over the
-    corner axis is several times slower on CPU.
+    @staticmethod
+    def forward(ctx, corners: Tensor, bary: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(corners, bary)
+        out = corners[:, 0] * bary[0]
+        out.addcmul_(corners[:, 1], bary[1])
+        return out.addcmul_(corners[:, 2], bary[2])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Optional[Tensor], Optional[Tensor]]:  # type: ignore[override]
+        corners, bary = ctx.saved_tensors
+        grad_corners = grad_bary = None
+        if ctx.needs_input_grad[0]:
+            grad_corners = torch.empty_like(corners)
+            for k in range(3):
+                torch.mul(grad, bary[k], out=grad_corners[:, k])
+        if ctx.needs_input_grad[1]:
+            grad_bary = torch.empty_like(bary)
+            for k in range(3):
+                torch.sum(corners[:, k] * grad, 0, out=grad_bary[k])
+        return grad_corners, grad_bary
+
+
+def barycentric_sum(corners: Tensor, bary: Tensor) -> Tensor:
+    """Σ_k bary[k] · corners[:, k] for corners (C, 3, P) and bary (3, P) → (C, P). Differentiable.
+
+    Written as a multiply-add chain (a broadcast multiply followed by a reduction over the
+    corner axis is several times slower on CPU), with its own backward.
     """
-    c0, c1, c2 = corners.unbind(1)  # unbind, not indexing: indexed views cost a zero-filled
-    b0, b1, b2 = bary.to(corners.dtype).unbind(0)  # full-size tensor each in backward
-    return (c0 * b0).addcmul_(c1, b1).addcmul_(c2, b2)
+    bary = bary.to(corners.dtype)
+    if torch.is_grad_enabled() and (corners.requires_grad or bary.requires_grad):
+        return _BarycentricSum.apply(corners, bary)
+    out = corners[:, 0] * bary[0]
+    out.addcmul_(corners[:, 1], bary[1])
+    return out.addcmul_(corners[:, 2], bary[2])
 
 
 @dataclass
@@ -212,26 +241,79 @@ def fragments_from_triangle_ids(tri_id: Tensor, screen_vertices: Tensor, triangl
     corner = corner_ids(triangles, tri, corner_table)  # (3, P) vertex ids
     flat = corner + batch * n if b > 1 else corner
     coords = channels_first(screen_vertices)  # (3 xyz, B·N)
-    x, y, z = coords.index_select(1, flat.reshape(-1)).view(3, 3, -1).unbind(0)  # (corner, P) each
-    # λ_k ∝ signed area of the triangle with corner k replaced by the pixel centre:
-    # the 2D cross product of the other two corners relative to the pixel
-    dx0, dx1, dx2 = (x - px).unbind(0)
-    dy0, dy1, dy2 = (y - py).unbind(0)
-    area = torch.stack([dx1 * dy2 - dx2 * dy1, dx2 * dy0 - dx0 * dy2, dx0 * dy1 - dx1 * dy0])  # (3, P)
-    area2 = area.sum(0)  # twice the signed area of the triangle
-    degenerate = area2.abs() < 1e-12
-    if bool(degenerate.any()):
-        area = torch.where(degenerate, torch.ones_like(area), area)
-        area2 = torch.where(degenerate, torch.full_like(area2, 3.0), area2)
-
-    if perspective:
-        # b_k = (λ_k / z_k) / Σ_j λ_j / z_j and z = 1 / Σ_j λ_j / z_j; the area cancels in b
-        wz = area / z
-        inv = wz.sum(0)
-        bary = wz / inv
-        depth = area2 / inv
-    else:
-        bary = area / area2
-        depth = (bary * z).sum(0)
+    corners_xyz = coords.index_select(1, flat.reshape(-1)).view(3, 3, -1)  # (xyz, corner, P)
+    bary, depth = _Barycentrics.apply(corners_xyz, px, py, perspective)
     return Fragments(tri_id=tri_id, pix=pix, pix_tri=tri, pix_batch=batch, corner_vertex=corner,
                      corner_bary=bary, pix_depth=depth, n_vertices=n)
+
+
+def _next_two(t: Tensor) -> tuple[Tensor, Tensor]:
+    """Views t[k+1], t[k+2] (indices mod 3) of a (3, …) tensor, via one small cat."""
+    ext = torch.cat([t, t[:2]])
+    return ext[1:4], ext[2:5]
+
+
+class _Barycentrics(torch.autograd.Function):
+    """(xyz, corner, P) screen-space corners and pixel centres → (barycentrics (3, P), depth (P)).
+
+    λ_k ∝ a_k, the signed area of the triangle with corner k replaced by the pixel centre
+    (the 2D cross product of the other two corners relative to the pixel), A = Σ a_k.
+    Perspective: w_k = a_k / z_k, s = Σ w_k, b = w / s, depth = A / s (= 1 / Σ λ_k / z_k).
+    Orthographic: b = a / A, depth = Σ b_k z_k. Degenerate triangles (|A| < 1e-12) get
+    a = 1 (λ = 1/3). The backward is written out: as autograd graph, these ~20 small ops
+    spend most of their backward time allocating and stacking per-corner gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, v: Tensor, px: Tensor, py: Tensor, perspective: bool) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        x, y, z = v.unbind(0)
+        dx, dy = x - px, y - py
+        dx1, dx2 = _next_two(dx)
+        dy1, dy2 = _next_two(dy)
+        a = torch.mul(dx1, dy2).addcmul_(dx2, dy1, value=-1.0)  # (3, P)
+        area = a.sum(0)  # twice the signed area of the triangle
+        degenerate = area.abs() < 1e-12
+        any_degenerate = bool(degenerate.any())
+        if any_degenerate:
+            a.masked_fill_(degenerate, 1.0)
+            area.masked_fill_(degenerate, 3.0)
+        if perspective:
+            w = a / z
+            scale = w.sum(0)
+            bary = w.div_(scale)
+            depth = area / scale
+        else:
+            scale = area
+            bary = a.div_(area)
+            depth = (bary * z).sum(0)
+        ctx.perspective = perspective
+        ctx.any_degenerate = any_degenerate
+        ctx.save_for_backward(dx, dy, z, bary, scale, depth, degenerate)
+        return bary, depth
+
+    @staticmethod
+    def backward(ctx, grad_bary: Optional[Tensor], grad_depth: Optional[Tensor]):  # type: ignore[override]
+        dx, dy, z, bary, scale, depth, degenerate = ctx.saved_tensors
+        gb = grad_bary if grad_bary is not None else torch.zeros_like(bary)
+        gd = grad_depth if grad_depth is not None else torch.zeros_like(depth)
+        if ctx.perspective:
+            # b = w / s, depth = A / s, w = a / z
+            gw = (gb - (gb * bary).sum(0)).sub_(gd * depth).div_(scale)
+            ga = (gw / z).add_(gd / scale)
+            gz = gw.mul_(bary).mul_(scale).div_(z).neg_()
+        else:
+            # b = a / A, depth = Σ b z
+            gb = gb + gd * z
+            ga = (gb - (gb * bary).sum(0)).div_(scale)
+            gz = gd * bary
+        if ctx.any_degenerate:
+            ga.masked_fill_(degenerate, 0.0)  # a is a constant there
+        ga1, ga2 = _next_two(ga)
+        dx1, dx2 = _next_two(dx)
+        dy1, dy2 = _next_two(dy)
+        gv = torch.empty((3,) + dx.shape, dtype=dx.dtype, device=dx.device)
+        # a_k = dx_{k+1} dy_{k+2} − dx_{k+2} dy_{k+1}
+        torch.mul(ga2, dy1, out=gv[0]).addcmul_(ga1, dy2, value=-1.0)
+        torch.mul(ga1, dx2, out=gv[1]).addcmul_(ga2, dx1, value=-1.0)
+        gv[2] = gz
+        return gv, None, None, None
