@@ -18,18 +18,22 @@ Algorithm (a z-buffer written with tensor ops instead of a per-pixel loop):
    term (pixel centres on an edge, λ ≥ −1e-5, count as inside, so no gaps open between
    neighbouring triangles).
 4. Each bin is evaluated on its k × k tile with one GEMM, (k² pixels, 3) @ (3, 4·triangles).
-   The inside test and the key are done on the float32 *bits*: a pixel is outside when any
-   λ or the key has its sign bit set, so OR-ing the four words and an arithmetic shift
-   gives an all-ones mask that turns the key into "no surface" — no comparisons, no
-   ``where``. The positive key's bits (whose integer order is the float order) form the
-   high word of an int64, the triangle index the low word, and the z-buffer is
-   ``scatter_reduce(amin)`` over them: the nearest surface wins, ties go to the lower
-   triangle index. The z-buffer is padded on the right and bottom so that tiles
-   overhanging the image need no bounds test; the low word of "no surface" is −1, which
-   is directly the background id.
+   The inside test is done on the float32 *bits*: a pixel is outside when any λ has its
+   sign bit set, so OR-ing the three words and an arithmetic shift gives an all-ones mask
+   that turns the key's high word into 0x7FFFFFFF, "no surface" — no comparisons, no
+   ``where``. (The key needs no test: it is positive wherever every λ ≥ −eps.) The
+   positive key's bits (whose integer order is the float order) form the high word of an
+   int64, the triangle index the low word, and the z-buffer is ``scatter_reduce(amin)``
+   over them: the nearest surface wins, ties go to the lower triangle index; pixels whose
+   high word is still 0x7FFFFFFF are background. The z-buffer is padded on the right and
+   bottom so that tiles overhanging the image need no bounds test.
 
 Bins are processed in chunks of at most ``max_pairs`` (triangle, pixel) candidates to
 bound memory; tiles larger than the padding (huge triangles) test their box explicitly.
+Scratch tensors are kept by the instance and reused (a fresh multi-megabyte tensor is
+page-faulted in on every call), so one instance must not rasterize from two threads at
+once; tables derived from the triangles alone are cached while the same (unmodified)
+triangle tensor comes back (:meth:`Rasterizer.triangle_table`).
 """
 from __future__ import annotations
 
@@ -62,7 +66,8 @@ def _flat_index(triangles: Tensor) -> Tensor:
 
 
 class TorchRasterizer(Rasterizer):
-    """Vectorised z-buffer rasterizer in pure torch; see the module doc.
+    """Vectorised z-buffer rasterizer in pure torch; see the module doc (not thread-safe:
+    one instance per thread).
 
     ``max_pairs`` bounds the number of (triangle, pixel) candidates held at once;
     ``merge_pixels``: a bin is folded into the next larger one when that adds fewer
