@@ -138,7 +138,6 @@ class Trainer:
         self.epoch = 0
         self.modules: dict[str, nn.Module] = {}
         self.out_dir = Path(self.config.out_dir)
-        self._own_group = False
 
     # ------------------------------------------------------------------ properties
     @property
@@ -160,7 +159,6 @@ class Trainer:
             backend = resolve_backend(cfg.ddp_backend, self.device)
             dist.init_process_group(backend=backend, init_method="env://", world_size=self.world_size,
                                     rank=self.rank)
-            self._own_group = True
         if dist.is_initialized():
             self.world_size, self.rank = dist.get_world_size(), dist.get_rank()
 
@@ -498,9 +496,10 @@ class Trainer:
                 pbar.close()
             if self.tb is not None:
                 self.tb.close()
-            if self._own_group and dist.is_initialized():
-                dist.destroy_process_group()
-                self._own_group = False
+            # The process group is left for the process's lifetime, not destroyed here: under
+            # torchrun a second init_process_group in the same process reuses the launcher's
+            # store, whose keys from the first group are still there, and the ranks can then
+            # wait for each other forever (seen: 1 run in 3 hung in DDP's first collective).
         return self
 
 
