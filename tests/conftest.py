@@ -31,6 +31,16 @@ def toy_model():
     return make_toy_model(seed=0)
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: on a busy 2-core machine, multi-threaded convolutions
+    spin and run several times slower (use with ``pytestmark = pytest.mark.usefixtures(...)``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

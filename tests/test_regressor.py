@@ -18,13 +18,7 @@ from face3d.regressor.losses import lan_loss, landmark_loss, parameter_loss, tea
 from face3d.synthetic import make_toy_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run on one thread: on a busy shared 2-core machine, multi-threaded convolutions spin and run up to ~8x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- torchvision layout, written down from the architecture (He et al. 2016; Sandler et al. 2018) --------

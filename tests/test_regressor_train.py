@@ -22,13 +22,7 @@ from face3d.training import TrainerConfig
 from face3d.training.checkpoint import find_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: multi-threaded convolutions crawl on the busy shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
