@@ -205,9 +205,10 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
                 _note(note)
             records = []
             for k, face in enumerate(results):
-                mesh_path, json_path, overlay_path = _outputs_for(path, args, batch, k, len(results))
+                mesh_path = _outputs_for(path, args, batch, k, len(results))[0]
                 export_mesh(mesh_path, face.mesh())
                 records.append({"mesh": str(mesh_path), **face.to_json()})
+            _, json_path, overlay_path = _outputs_for(path, args, batch, 0, 1)  # one per image
             if json_path is not None:
                 doc = {"image": str(path), "width": image.width, "height": image.height,
                        "model": recon.model.name, "faces": records}

@@ -19,6 +19,7 @@ viewer; the face's own pose removed), so every reconstruction of a person lines 
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -245,7 +246,7 @@ class Reconstructor:
         fine_cam = sub.vertices(cam_verts)
         if cfg.detail > 0:
             with _timer(timings, "detail"):
-                sfs = DetailSettings(**{**cfg.sfs.__dict__, "strength": cfg.detail})
+                sfs = dataclasses.replace(cfg.sfs, strength=cfg.detail)
                 skin = (1.0 - occlusion) * photo_res.face_mask
                 detail = estimate_detail(photo, cam_verts, model.triangles, K, photo_res.albedo, sh=photo_res.sh,
                                          pixel_weights=skin, settings=sfs, vertex_weights=model.skin_mask)
