@@ -16,6 +16,12 @@ Commands
 ``evaluate regressor --checkpoint CKPT [--data DIR] [--synthetic N] [--json OUT]``
     Accuracy on held-out synthetic faces and on photos with ``.pts`` ground truth, next to
     the mean-face baseline; prints a table.
+``train GENERATOR --data DIR [--stage N] [--config cfg.yaml] [--set k=v] [--out runs/NAME] [--resume]
+[--init CKPT] [--steps N] [--device DEV]``
+    Train a registered de-occlusion generator (:mod:`face3d.generator`: ``cfrgan``,
+    ``conditioned``, ``rla``, ``stackgan``, ``c2f``); settings are its training config's.
+``frontalize`` / ``deocclude`` / ``evaluate deocc``
+    Defined by :mod:`selfsup.commands` and :mod:`deocc.evaluate` (see :data:`EXTERNAL_COMMANDS`).
 
 Exit codes (see :mod:`face3d.errors`): 0 success; 1 other failure; 2 usage; 3 unreadable
 input; 4 no face found; 5 output not writable; 6 backend unavailable. With several images,
@@ -25,6 +31,8 @@ line on stderr: ``face3d: error: <file>: <reason>``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -32,7 +40,16 @@ from typing import Optional, Sequence
 
 from face3d.errors import Face3DError, OutputError, UsageError, exit_code_for
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "EXTERNAL_COMMANDS"]
+
+#: commands defined next to the code they run: (parent command or None, name) → (module, help).
+#: The module provides ``add_arguments(name, parser)`` and ``run(name, args) -> int`` and
+#: imports its heavy dependencies inside ``run``, so building the parser stays cheap.
+EXTERNAL_COMMANDS: dict[tuple[Optional[str], str], tuple[str, str]] = {
+    (None, "frontalize"): ("selfsup.commands", "rotate a face to the frontal pose and repair it"),
+    (None, "deocclude"): ("selfsup.commands", "remove occluders from a face at its own pose"),
+    ("evaluate", "deocc"): ("deocc.evaluate", "de-occlusion generators on held-out synthetic occlusions"),
+}
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
 MESH_FORMATS = (".obj", ".ply", ".glb")
@@ -98,6 +115,22 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", help="torch device (default auto)")
     tr.add_argument("--model", help="morphable model: auto, ict, sfm, bfm, anny, or a .npz path")
     tr.add_argument("--backbone", help="resnet50 (default), resnet34, resnet18 or mobilenet_v2")
+    from face3d.generator import BUILTIN_GENERATORS
+
+    for name in BUILTIN_GENERATORS:
+        tg = tsub.add_parser(name, help=f"the {name} de-occlusion generator (face3d.generator)",
+                             description=f"Train the registered generator {name!r}; settings are its "
+                                         "training config's (see --config / --set).")
+        tg.add_argument("--data", help="folder of face photos")
+        tg.add_argument("--stage", type=int, help="training stage, for models trained in stages")
+        tg.add_argument("--config", help="YAML file of the training config")
+        tg.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting, e.g. --set trainer.batch_size=8 (repeatable)")
+        tg.add_argument("--out", help=f"run folder (default runs/{name})")
+        tg.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+        tg.add_argument("--init", help="checkpoint to start from (e.g. the previous stage's)")
+        tg.add_argument("--steps", type=int, help="optimiser steps to train for")
+        tg.add_argument("--device", help="torch device (default auto)")
 
     evaluate = sub.add_parser("evaluate", help="measure a learned component")
     esub = evaluate.add_subparsers(dest="evaluate_command", required=True)
@@ -109,6 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", help="morphable model (default: the one the checkpoint was trained for)")
     ev.add_argument("--image-size", type=int, help="crop side (default: the training size)")
     ev.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+    parents = {"evaluate": esub}
+    for (parent, name), (module, help_text) in EXTERNAL_COMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:  # a command whose package is not installed (or not written yet)
+            continue
+        p = (parents[parent] if parent else sub).add_parser(name, help=help_text, description=help_text)
+        mod.add_arguments(name, p)
     return parser
 
 
@@ -282,8 +324,61 @@ def _run_train(args: argparse.Namespace) -> int:
     from face3d.regressor.train import train_regressor
 
     trainer = train_regressor(cfg)
-    latest = find_checkpoint(ckpts)
-    print(f"trained {trainer.step} steps; checkpoint {latest}")
+    if trainer.is_main:  # under torchrun, one line from rank 0 only
+        print(f"trained {trainer.step} steps; checkpoint {find_checkpoint(ckpts)}")
+    return 0
+
+
+def _generator_train_config(name: str, args: argparse.Namespace):
+    from face3d.config import apply_overrides, load_config, parse_override
+    from face3d.generator import get_generator
+
+    entry = get_generator(name)
+    if entry.train_config is None or entry.train is None:
+        raise UsageError(f"the {name} generator cannot be trained here")
+    cfg = entry.train_config()
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    if args.config:
+        cfg = load_config(cfg, args.config)
+    flat: dict = {}
+    trainer: dict = {"resume": "auto" if args.resume else "never"}
+    for key in ("data", "stage", "init"):
+        if getattr(args, key) is not None:
+            if key not in fields:
+                raise UsageError(f"the {name} generator's training has no --{key}")
+            flat[key] = getattr(args, key)
+    for arg, key in (("out", "out_dir"), ("steps", "max_steps"), ("device", "device")):
+        if getattr(args, arg) is not None:
+            trainer[key] = getattr(args, arg)
+    flat["trainer"] = trainer
+    cfg = apply_overrides(cfg, flat)
+    for text in args.set:
+        cfg = apply_overrides(cfg, parse_override(text))
+    return entry, cfg
+
+
+def _run_train_generator(name: str, args: argparse.Namespace) -> int:
+    from face3d.errors import MissingInputError
+    from face3d.training.checkpoint import find_checkpoint
+
+    entry, cfg = _generator_train_config(name, args)
+    data = getattr(cfg, "data", None)
+    if not data:
+        raise UsageError(f"train {name} needs training data: --data DIR")
+    if not Path(data).is_dir():
+        raise MissingInputError(f"{data}: no such folder")
+    init = getattr(cfg, "init", None)
+    if init and not Path(init).exists():
+        raise MissingInputError(f"{init}: no such checkpoint")
+    ckpts = Path(cfg.trainer.out_dir) / "checkpoints"
+    if args.resume and find_checkpoint(ckpts) is None:
+        _note(f"{cfg.trainer.out_dir}: no checkpoint to resume from; starting a new run")
+    if not args.resume and cfg.trainer.resume == "never" and ckpts.is_dir() and find_checkpoint(ckpts) is not None:
+        raise UsageError(f"{cfg.trainer.out_dir} already holds checkpoints: pass --resume to continue it, "
+                         "or choose another --out")
+    trainer = entry.train(cfg)
+    if trainer.is_main:
+        print(f"trained {trainer.step} steps; checkpoint {find_checkpoint(ckpts)}")
     return 0
 
 
@@ -316,8 +411,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _run_reconstruct(args)
         if args.command == "models":
             return _run_models(args)
+        sub_name = getattr(args, f"{args.command}_command", None)
+        for key in ((args.command, sub_name), (None, args.command)):
+            if key in EXTERNAL_COMMANDS:
+                return importlib.import_module(EXTERNAL_COMMANDS[key][0]).run(key[1], args)
         if args.command == "train":
-            return _run_train(args)
+            if args.train_command == "regressor":
+                return _run_train(args)
+            return _run_train_generator(args.train_command, args)
         if args.command == "evaluate":
             return _run_evaluate(args)
     except KeyboardInterrupt:
