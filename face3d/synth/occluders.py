@@ -21,8 +21,22 @@ Kinds (:data:`OCCLUDER_KINDS`):
   sunglasses have dark, nearly opaque lenses, glasses a thin frame and faint clear lenses.
 * ``scarf`` — a textured band over the lower face (chin up to the mouth, sometimes the nose).
 * ``cup`` — a mug/cup (tapered rounded body, rim, handle) raised to the mouth.
-* ``rectangle``, ``ellipse`` (ellipses and irregular blobs) — patterned shapes anywhere on the face.
-* ``text`` — a word or number in PIL's default (FreeType) font.
+* ``book`` — a closed book (cover with title bands, spine shading, page edges) held up in
+  front of the lower face, a cheek or an eye (RLA's training set, seeds/rla_lstm_autoencoders §IV-A).
+* ``phone`` — a smartphone (rounded body, bezel, screen with a wallpaper or app grid) held
+  against a cheek/ear or in front of the face (RLA, ibid.).
+* ``rectangle`` — an axis-aligned rectangle of one random RGB colour, aspect ratio w/h in
+  [0.5, 2] and area ratio a ∈ [0.01, 0.15] of the image, centred on a random face point
+  (Blind face completion, seeds/c2f_blind_face_completion §III-A and §IV-A; the paper draws
+  the aspect uniformly in [0.5, 2] — we draw log-uniformly so tall and wide are equally likely).
+* ``ellipse`` (ellipses and irregular blobs) — patterned shapes anywhere on the face.
+* ``text`` — a word in one random RGB colour whose line height is h ∈ [0.05, 0.5] of the image
+  height, independent of word length (C2F §III-A, §IV-A), in PIL's default (FreeType) font.
+
+Position buckets (C2F §III-A: "mouth; nose; eyes; outside"): :func:`face_regions` draws the
+eye, nose and mouth regions from the landmarks and :func:`position_bucket` assigns a mask to
+the region it covers most (as a fraction of that region), or ``outside`` when it covers less
+than ``min_fraction`` of every region.
 
 Image files are read at run time from a folder (:class:`OccluderLibrary`): by default
 ``$FACE3D_OCCLUDERS`` or ``../shared/data/occluders`` next to the repository; every kind also
@@ -47,9 +61,18 @@ from scipy import ndimage
 from torch import Tensor
 
 __all__ = ["OCCLUDER_KINDS", "OcclusionResult", "OccluderLibrary", "OccluderSampler", "occlude", "occlude_batch",
-           "default_occluder_dir", "face_frame", "FaceFrame"]
+           "default_occluder_dir", "face_frame", "FaceFrame", "BUCKETS", "face_regions", "position_bucket",
+           "RECT_AREA_RATIO", "RECT_ASPECT", "TEXT_HEIGHT_RATIO"]
 
-OCCLUDER_KINDS = ("hand", "medical_mask", "sunglasses", "glasses", "scarf", "cup", "rectangle", "ellipse", "text")
+#: Occluder kinds; new kinds are appended so the index of a kind never changes.
+OCCLUDER_KINDS = ("hand", "medical_mask", "sunglasses", "glasses", "scarf", "cup", "rectangle", "ellipse", "text",
+                  "book", "phone")
+#: Position buckets of :func:`position_bucket` (C2F §III-A), by index.
+BUCKETS = ("eyes", "nose", "mouth", "outside")
+#: C2F §IV-A: rectangle area ratio a, aspect ratio range, text height ratio h.
+RECT_AREA_RATIO = (0.01, 0.15)
+RECT_ASPECT = (0.5, 2.0)
+TEXT_HEIGHT_RATIO = (0.05, 0.5)
 
 ImageLike = Union[np.ndarray, Tensor]
 RngLike = Union[np.random.Generator, int, None]
@@ -57,8 +80,16 @@ RngLike = Union[np.random.Generator, int, None]
 #: sRGB skin tones for hands (light to dark).
 _SKIN = np.array([[0.96, 0.80, 0.69], [0.92, 0.72, 0.60], [0.87, 0.65, 0.52], [0.78, 0.56, 0.42],
                   [0.65, 0.45, 0.32], [0.50, 0.33, 0.22], [0.36, 0.23, 0.16]], np.float32)
+# C2F draws from 2048 English words; a shorter everyday list of our own keeps the module
+# self-contained (word length still spans 2-11 letters, upper and lower case).
 _WORDS = ("SALE", "hello", "2024", "OK", "face3d", "No. 7", "STOP", "lorem ipsum", "#42", "CAFE", "xyz",
-          "MON-FRI", "55%", "Hi!", "ABC", "www", "love", "EXIT", "pi=3.14", "TEXT")
+          "MON-FRI", "55%", "Hi!", "ABC", "www", "love", "EXIT", "pi=3.14", "TEXT",
+          "water", "garden", "window", "yellow", "morning", "river", "paper", "music", "simple", "travel",
+          "bridge", "winter", "pocket", "silver", "market", "friend", "orange", "number", "Monday", "planet",
+          "kitchen", "letter", "island", "summer", "station", "forest", "picture", "coffee", "animal", "yes",
+          "open", "north", "pencil", "ticket", "table", "thunder", "castle", "basket", "mirror", "candle",
+          "doctor", "engine", "flower", "guitar", "harbour", "jacket", "ladder", "meadow", "needle", "office",
+          "rabbit", "saddle", "tunnel", "umbrella", "village", "whisper", "zebra", "apple", "cloud", "dream")
 
 
 def default_occluder_dir() -> Path:
@@ -194,6 +225,81 @@ def face_frame(landmarks: np.ndarray) -> FaceFrame:
     local = np.stack([(p - p.mean(0)) @ right, (p - p.mean(0)) @ up], 1)
     size = float(max(np.ptp(local[:, 0]), np.ptp(local[:, 1]), 1.0))
     return FaceFrame(p.mean(0), up, right, size, p)
+
+
+def face_regions(landmarks: Union[np.ndarray, Tensor], height: int, width: int, grow: float = 0.04) -> np.ndarray:
+    """Binary masks (3, H, W) bool of the eye, nose and mouth regions of a face (:data:`BUCKETS`
+    order without ``outside``), from 68 iBUG landmarks in pixels.
+
+    Eyes: the hull of each eye with its eyebrow (17-21 + 36-41, 22-26 + 42-47); nose: the hull
+    of the bridge and nostrils (27-35) widened to the inner eye corners' spacing at the top
+    so a thin bridge still has area; mouth: the hull of the outer lip (48-59). Every region is
+    grown by ``grow`` × the face size (:class:`FaceFrame`) so small or tilted faces keep
+    sensible regions.
+    """
+    lm = landmarks.detach().cpu().numpy() if isinstance(landmarks, Tensor) else np.asarray(landmarks, np.float64)
+    if lm.shape != (68, 2):
+        raise ValueError(f"landmarks must be (68, 2), got {lm.shape}")
+    frame = face_frame(lm)
+    half = 0.25 * np.linalg.norm(lm[42] - lm[39])
+    nose = np.concatenate([lm[27:36], lm[27:28] + frame.right * half, lm[27:28] - frame.right * half])
+    polys = [[np.concatenate([lm[17:22], lm[36:42]]), np.concatenate([lm[22:27], lm[42:48]])], [nose], [lm[48:60]]]
+    r = grow * frame.size
+    out = np.zeros((3, height, width), bool)
+    for i, group in enumerate(polys):
+        im = Image.new("L", (width, height))
+        d = ImageDraw.Draw(im)
+        for pts in group:
+            hull = _convex_hull(pts)
+            # grow: push every hull vertex out from the hull's centre by r, then fill
+            c = hull.mean(0)
+            v = hull - c
+            n = np.linalg.norm(v, axis=1, keepdims=True)
+            hull = hull + v / np.maximum(n, 1e-9) * r
+            d.polygon([(float(x), float(y)) for x, y in hull], fill=255)
+        out[i] = np.asarray(im) > 0
+    return out
+
+
+def _convex_hull(pts: np.ndarray) -> np.ndarray:
+    """Convex hull (m, 2) of points (n, 2), counter-clockwise (monotone chain)."""
+    p = sorted(map(tuple, np.asarray(pts, np.float64)))
+    if len(p) < 3:
+        return np.asarray(p)
+
+    def cross(o, a, b):
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    lower: list = []
+    for q in p:
+        while len(lower) >= 2 and cross(lower[-2], lower[-1], q) <= 0:
+            lower.pop()
+        lower.append(q)
+    upper: list = []
+    for q in reversed(p):
+        while len(upper) >= 2 and cross(upper[-2], upper[-1], q) <= 0:
+            upper.pop()
+        upper.append(q)
+    return np.asarray(lower[:-1] + upper[:-1])
+
+
+def position_bucket(mask: Union[np.ndarray, Tensor], landmarks: Union[np.ndarray, Tensor],
+                    min_fraction: float = 0.03) -> int:
+    """Index into :data:`BUCKETS` of where an occlusion ``mask`` (H, W) (or (1, H, W); > 0.5 =
+    occluded) sits on a face: the region of :func:`face_regions` with the largest covered
+    fraction, or ``outside`` (3) when no region is covered by ``min_fraction`` or more.
+    Ties go to the first of eyes, nose, mouth."""
+    m = mask.detach().cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
+    if m.ndim == 3 and m.shape[0] == 1:
+        m = m[0]
+    if m.ndim != 2:
+        raise ValueError(f"mask must be (H, W) or (1, H, W), got {m.shape}")
+    regions = face_regions(landmarks, *m.shape)
+    occ = m > 0.5
+    area = regions.reshape(3, -1).sum(1)
+    frac = (regions & occ[None]).reshape(3, -1).sum(1) / np.maximum(area, 1)
+    best = int(np.argmax(frac))
+    return best if frac[best] >= min_fraction and area[best] > 0 else BUCKETS.index("outside")
 
 
 # -- drawing -----------------------------------------------------------------------------------
@@ -629,15 +735,18 @@ def _random_anchor(rng: np.random.Generator, frame: FaceFrame) -> np.ndarray:
 
 
 def _draw_rectangle(rng, canvas, frame, lib):
-    s = frame.size
+    """C2F §III-A / §IV-A: area ratio a ~ U(0.01, 0.15) of the image, aspect w/h in [0.5, 2],
+    one colour drawn freely in RGB, axis-aligned; centred on a random point of the face."""
     c = _random_anchor(rng, frame)
-    w, h = rng.uniform(0.15, 0.55, 2) * s
-    ang = rng.uniform(0, np.pi)
-    ax, ay = np.array([math.cos(ang), math.sin(ang)]), np.array([-math.sin(ang), math.cos(ang)])
-    pts = np.stack([c - ax * w / 2 - ay * h / 2, c + ax * w / 2 - ay * h / 2, c + ax * w / 2 + ay * h / 2,
-                    c - ax * w / 2 + ay * h / 2])
-    cov = canvas.shape(lambda d: d.polygon(canvas.hi(pts), fill=255))
-    canvas.add(cov, _pattern(rng, canvas, frame, _random_colour(rng)))
+    area = rng.uniform(*RECT_AREA_RATIO) * canvas.h * canvas.w
+    aspect = math.exp(rng.uniform(math.log(RECT_ASPECT[0]), math.log(RECT_ASPECT[1])))
+    w, h = math.sqrt(area * aspect), math.sqrt(area / aspect)
+    # edges on pixel boundaries, so the binary mask has exactly the drawn area (up to rounding)
+    x0, y0 = int(round(c[0] - w / 2 + 0.5)), int(round(c[1] - h / 2 + 0.5))
+    x1, y1 = x0 + max(1, int(round(w))), y0 + max(1, int(round(h)))
+    k = canvas.k
+    cov = canvas.shape(lambda d: d.rectangle([x0 * k, y0 * k, x1 * k - 1, y1 * k - 1], fill=255))
+    canvas.add(cov, rng.uniform(0.0, 1.0, 3).astype(np.float32))
     return c, "procedural"
 
 
@@ -659,26 +768,118 @@ def _draw_ellipse(rng, canvas, frame, lib):
 
 
 def _draw_text(rng, canvas, frame, lib):
-    s = frame.size
+    """C2F §III-A / §IV-A: one word, line height h ~ U(0.05, 0.5) of the image height whatever
+    the word's length, one colour drawn freely in RGB; centred on a random point of the face,
+    along the face's horizontal."""
     c = _random_anchor(rng, frame)
-    words = _WORDS[int(rng.integers(len(_WORDS)))]
-    if rng.random() < 0.3:
-        words += "\n" + _WORDS[int(rng.integers(len(_WORDS)))]
-    px = int(max(6, rng.uniform(0.08, 0.2) * s * canvas.k))
-    font = ImageFont.load_default(size=px)
+    word = _WORDS[int(rng.integers(len(_WORDS)))]
+    height = rng.uniform(*TEXT_HEIGHT_RATIO) * canvas.h * canvas.k  # high-res pixels
+    # the line height is the ascender-to-descender box of "Hg" at the chosen size
     probe = ImageDraw.Draw(Image.new("L", (1, 1)))
-    x0, y0, x1, y1 = probe.multiline_textbbox((0, 0), words, font=font)
-    im = Image.new("L", (x1 - x0 + 4, y1 - y0 + 4))
-    ImageDraw.Draw(im).multiline_text((2 - x0, 2 - y0), words, font=font, fill=255)
-    if rng.random() < 0.4:  # bold/outlined look: thicken the glyphs
+    ref = ImageFont.load_default(size=100)
+    _, t0, _, t1 = probe.textbbox((0, 0), "Hg", font=ref)
+    px = max(4, int(round(100.0 * height / max(t1 - t0, 1))))
+    font = ImageFont.load_default(size=px)
+    x0, y0, x1, y1 = probe.textbbox((0, 0), word, font=font)
+    _, r0, _, r1 = probe.textbbox((0, 0), "Hg", font=font)
+    top, bottom = min(y0, r0), max(y1, r1)
+    im = Image.new("L", (x1 - x0 + 4, bottom - top + 4))
+    ImageDraw.Draw(im).text((2 - x0, 2 - top), word, font=font, fill=255)
+    if rng.random() < 0.4:  # bold look: thicken the glyphs
         im = Image.fromarray(ndimage.grey_dilation(np.asarray(im), size=(3, 3)))
     alpha = np.asarray(im, np.float32) / 255.0
-    cover = _place_alpha(canvas, alpha, (0.5, 0.5), c, alpha.shape[0] / canvas.k,
-                         frame.angle() + rng.normal(0, math.radians(20)))
-    col = np.array([[1, 1, 1], [0, 0, 0], [0.9, 0.1, 0.1], [1.0, 0.85, 0.1], [0.1, 0.3, 0.9]],
-                   np.float32)[int(rng.integers(5))]
-    canvas.add(cover, col)
+    cover = _place_alpha(canvas, alpha, (0.5, 0.5), c, alpha.shape[0] / canvas.k, frame.angle())
+    canvas.add(cover, rng.uniform(0.0, 1.0, 3).astype(np.float32))
     return c, "procedural"
+
+
+def _held_object_pose(rng, frame, places, probs):
+    """Centre and (x, y) unit axes of an object held up in front of the face at one of the
+    named ``places`` (anchors of :meth:`FaceFrame.anchors`), tilted up to ±25° from the face."""
+    anchors = frame.anchors()
+    name = str(rng.choice(places, p=probs))
+    centre = anchors[name] + rng.normal(0.0, 0.05 * frame.size, 2)
+    ang = rng.normal(0.0, math.radians(12)) + (rng.uniform(-0.45, 0.45) if rng.random() < 0.5 else 0.0)
+    ca, sa = math.cos(ang), math.sin(ang)
+    ax = frame.right * ca + frame.up * sa
+    ay = -frame.right * sa + frame.up * ca  # object's up (image vector)
+    return centre, ax, ay
+
+
+def _draw_book(rng, canvas, frame, lib):
+    """A closed hardback: cover with title bands, spine shading and page edges."""
+    s = frame.size
+    centre, ax, ay = _held_object_pose(rng, frame, ["mouth", "chin", "nose", "left_cheek", "right_cheek",
+                                                    "left_eye", "right_eye"],
+                                       [0.3, 0.15, 0.15, 0.1, 0.1, 0.1, 0.1])
+    H = rng.uniform(0.6, 1.1) * s
+    W = H * rng.uniform(0.62, 0.8)
+    if rng.random() < 0.3:  # held sideways
+        W, H = H, W
+    pages = rng.uniform(0.03, 0.06) * s
+    corners = lambda c, w, h: np.stack([c - ax * w / 2 + ay * h / 2, c + ax * w / 2 + ay * h / 2,  # noqa: E731
+                                        c + ax * w / 2 - ay * h / 2, c - ax * w / 2 - ay * h / 2])
+    side = 1.0 if rng.random() < 0.5 else -1.0
+    # page block: offset toward one side and down, seen past the cover's edge
+    block = corners(centre + ax * side * pages * 0.6 - ay * pages * 0.4, W, H)
+    X, Y = canvas.coords()
+    u = (X - centre[0]) * ax[0] + (Y - centre[1]) * ax[1]
+    v = (X - centre[0]) * ay[0] + (Y - centre[1]) * ay[1]
+    lines = 0.85 + 0.1 * np.cos(2 * np.pi * u / max(0.004 * s, 0.3))[..., None]  # fine page lines
+    canvas.add(canvas.shape(lambda d: d.polygon(canvas.hi(block), fill=255)),
+               np.clip(np.array([0.95, 0.93, 0.86], np.float32) * lines, 0, 1))
+    base = _random_colour(rng)
+    cover_col = np.broadcast_to(base, (canvas.H, canvas.W, 3)).astype(np.float32)
+    spine = np.clip(1.0 - 0.35 * np.exp(-((u + side * W / 2) / (0.06 * W)) ** 2), 0, 1)  # hinge shadow
+    cover_col = cover_col * spine[..., None]
+    accent = _random_colour(rng)
+    for _ in range(int(rng.integers(1, 4))):  # title / author bands
+        v0 = rng.uniform(-0.3, 0.4) * H
+        band = (np.abs(v - v0) < rng.uniform(0.03, 0.09) * H) & (np.abs(u) < rng.uniform(0.25, 0.42) * W)
+        cover_col = np.where(band[..., None], accent, cover_col)
+    ramp = (u * 0.6 + v * 0.4) / max(W, H)
+    cover_col = np.clip(cover_col * (1.0 + rng.uniform(0.0, 0.3) * ramp[..., None]), 0, 1)
+    canvas.add(canvas.shape(lambda d: d.polygon(canvas.hi(corners(centre, W, H)), fill=255)), cover_col)
+    return centre.copy(), "procedural"
+
+
+def _draw_phone(rng, canvas, frame, lib):
+    """A smartphone: rounded dark body, bezel and a lit screen (wallpaper gradient or app grid)."""
+    s = frame.size
+    centre, ax, ay = _held_object_pose(rng, frame, ["left_cheek", "right_cheek", "mouth", "nose", "left_eye",
+                                                    "right_eye", "chin"],
+                                       [0.25, 0.25, 0.15, 0.1, 0.08, 0.08, 0.09])
+    H = rng.uniform(0.45, 0.75) * s
+    W = H * rng.uniform(0.46, 0.55)
+    if rng.random() < 0.25:  # landscape, e.g. taking a photo
+        ax, ay = ay, -ax
+    body = _superellipse(centre, ax, ay, W / 2, H / 2, rng.uniform(6.0, 12.0), 96)
+    body_col = np.array([[0.05, 0.05, 0.06], [0.85, 0.85, 0.87], [0.75, 0.62, 0.5], [0.15, 0.2, 0.35],
+                         [0.6, 0.1, 0.15]], np.float32)[int(rng.integers(5))]
+    canvas.add(canvas.shape(lambda d: d.polygon(canvas.hi(body), fill=255)), body_col)
+    bezel = rng.uniform(0.03, 0.07)
+    sw, sh = W / 2 * (1 - 2 * bezel), H / 2 * (1 - bezel * W / H * 2 - 0.02)
+    screen = _superellipse(centre, ax, ay, sw, sh, 10.0, 96)
+    X, Y = canvas.coords()
+    u = ((X - centre[0]) * ax[0] + (Y - centre[1]) * ax[1]) / sw
+    v = ((X - centre[0]) * ay[0] + (Y - centre[1]) * ay[1]) / sh
+    if rng.random() < 0.3:  # screen off: dark glass with a reflection streak
+        col = np.full((canvas.H, canvas.W, 3), 0.04, np.float32)
+        col = col + 0.12 * np.exp(-((u + v - rng.uniform(-0.5, 0.5)) / 0.3) ** 2)[..., None]
+    else:
+        c0, c1 = rng.uniform(0.1, 0.95, 3), rng.uniform(0.1, 0.95, 3)
+        t = np.clip(0.5 + 0.5 * v, 0, 1)[..., None]
+        col = (c0 * t + c1 * (1 - t)).astype(np.float32)
+        if rng.random() < 0.6:  # app icons: a 4 × 5 grid of rounded squares
+            gu, gv = (u + 1) / 2 * 4, (1 - v) / 2 * 6
+            inside = (np.abs(gu - np.floor(gu) - 0.5) < 0.3) & (np.abs(gv - np.floor(gv) - 0.5) < 0.3) & \
+                     (gv >= 0.4) & (gv < 5.4)
+            icons = rng.uniform(0.1, 1.0, (4, 7, 3)).astype(np.float32)
+            iu = np.clip(np.floor(gu), 0, 3).astype(int)
+            iv = np.clip(np.floor(gv), 0, 6).astype(int)
+            col = np.where(inside[..., None], icons[iu, iv], col)
+    canvas.add(canvas.shape(lambda d: d.polygon(canvas.hi(screen), fill=255)), np.clip(col, 0, 1))
+    return centre.copy(), "procedural"
 
 
 _DRAW = {
@@ -691,6 +892,8 @@ _DRAW = {
     "rectangle": _draw_rectangle,
     "ellipse": _draw_ellipse,
     "text": _draw_text,
+    "book": _draw_book,
+    "phone": _draw_phone,
 }
 
 
@@ -708,6 +911,9 @@ class OcclusionResult:
     * ``bbox``: (x0, y0, x1, y1) pixel bounds of ``mask > 0`` (x1, y1 exclusive), or all 0
       when the occluder fell outside the image.
     * ``anchor``: (2,) the landmark-derived point the occluder was placed at, px.
+    * ``layer``: (H, W, 3) float32 the occluder's colour premultiplied by ``mask``, so
+      ``image = input · (1 − mask) + layer`` (and ``layer / mask`` its own colour where mask > 0);
+      lets a caller re-composite with a binary mask.
     """
 
     image: ImageLike
@@ -716,6 +922,7 @@ class OcclusionResult:
     bbox: tuple[int, int, int, int]
     anchor: np.ndarray
     source: str = "procedural"
+    layer: Optional[np.ndarray] = None
 
     @property
     def coverage(self) -> float:
@@ -781,7 +988,7 @@ def occlude(image: ImageLike, landmarks: Union[np.ndarray, Tensor], kind: Option
         res_img = np.where(a3 > 0, np.clip(np.round(out * 255.0), 0, 255), np.asarray(image)).astype(np.uint8)
     else:
         res_img = np.where(a3 > 0, out, np.asarray(image)).astype(np.asarray(image).dtype)
-    return OcclusionResult(res_img, alpha, kind, bbox, np.asarray(anchor, np.float64), source)
+    return OcclusionResult(res_img, alpha, kind, bbox, np.asarray(anchor, np.float64), source, colour)
 
 
 class OccluderSampler:
