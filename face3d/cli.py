@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--detail", type=float, help="shape-from-shading detail strength 0..1 (default 1)")
     rec.add_argument("--no-details", action="store_true", help="skip shape-from-shading detail")
     rec.add_argument("--all-faces", action="store_true", help="reconstruct every face, not just the largest")
+    rec.add_argument("--init", choices=["landmarks", "regressor"],
+                     help="start the fit from the landmarks (default) or from the learned regressor, whose "
+                          "landmarks then stand in for occluded or hidden detected points")
+    rec.add_argument("--regressor", help="regressor checkpoint for --init regressor (default: the shipped one)")
     rec.add_argument("--fov", type=float, help="assumed horizontal field of view of the camera, degrees (default 30)")
     rec.add_argument("--json", help="write the per-face parameters as JSON (file, or folder for several images)")
     rec.add_argument("--overlay", help="write a side-by-side PNG (file, or folder for several images)")
@@ -178,7 +182,7 @@ def _reconstruct_config(args: argparse.Namespace):
         cfg = load_config(cfg, args.config)
     flat: dict = {}
     for name, key in (("model", "model"), ("landmarks", "landmarks"), ("device", "device"), ("fov", "fov_deg"),
-                      ("detail", "detail")):
+                      ("detail", "detail"), ("init", "init"), ("regressor", "regressor")):
         if getattr(args, name) is not None:
             flat[key] = getattr(args, name)
     if args.no_details:

