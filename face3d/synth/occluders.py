@@ -232,8 +232,8 @@ def face_regions(landmarks: Union[np.ndarray, Tensor], height: int, width: int, 
     order without ``outside``), from 68 iBUG landmarks in pixels.
 
     Eyes: the hull of each eye with its eyebrow (17-21 + 36-41, 22-26 + 42-47); nose: the hull
-    of the bridge and nostrils (27-35) widened to the inner eye corners' spacing at the top
-    so a thin bridge still has area; mouth: the hull of the outer lip (48-59). Every region is
+    of the lower bridge and nostrils (29-35), widened at point 29 to half the inner eye
+    corners' spacing so a thin bridge still has area; mouth: the hull of the outer lip (48-59). Every region is
     grown by ``grow`` × the face size (:class:`FaceFrame`) so small or tilted faces keep
     sensible regions.
     """
@@ -242,7 +242,8 @@ def face_regions(landmarks: Union[np.ndarray, Tensor], height: int, width: int, 
         raise ValueError(f"landmarks must be (68, 2), got {lm.shape}")
     frame = face_frame(lm)
     half = 0.25 * np.linalg.norm(lm[42] - lm[39])
-    nose = np.concatenate([lm[27:36], lm[27:28] + frame.right * half, lm[27:28] - frame.right * half])
+    # from point 29 down: the upper bridge (27-28) is where glasses rest, counted as eyes
+    nose = np.concatenate([lm[29:36], lm[29:30] + frame.right * half, lm[29:30] - frame.right * half])
     polys = [[np.concatenate([lm[17:22], lm[36:42]]), np.concatenate([lm[22:27], lm[42:48]])], [nose], [lm[48:60]]]
     r = grow * frame.size
     out = np.zeros((3, height, width), bool)
