@@ -25,7 +25,8 @@ Generators come from ``--weights NAME=PATH`` (:func:`face3d.generator.load_gener
 mask) and that face mask at the generator's resolution.
 
 Outputs (``--out DIR``): ``metrics.csv`` (the rows), ``items.csv`` (one line per method and
-item), ``grid.png`` (clean | occluded | true mask | each method's output, one row per item) and
+item), ``grid.png`` (clean | occluded | true mask | each method's output, one row per item, under
+a header naming the columns) and
 the table printed; ``--json FILE`` writes rows and items as JSON.
 """
 from __future__ import annotations
@@ -186,7 +187,8 @@ def evaluate_methods(methods: dict, dataset, indices: Sequence[int], descriptor=
             img, m = img.float().clamp(0, 1), m.float()
             outs[name] = img
             p = psnr(img, clean).clamp(max=PSNR_CAP)
-            values = {"psnr": p, "ssim": ssim(img, clean), "mse": mse(img, clean), "mask_iou": mask_iou(m, batch["mask"])}
+            values = {"psnr": p, "ssim": ssim(img, clean), "mse": mse(img, clean),
+                      "mask_iou": mask_iou(m, batch["mask"])}
             if ref is not None:
                 from deocc.identity import cosine_similarity
 
@@ -209,7 +211,31 @@ def evaluate_methods(methods: dict, dataset, indices: Sequence[int], descriptor=
         from face3d.training.grid import make_grid
 
         grid = make_grid(torch.stack(grid_tiles), nrow=3 + len(methods))
+        grid = _label_columns(grid, ["clean", "occluded", "true mask", *methods], grid_tiles[0].shape[-1])
     return EvalResult(rows, items, grid)
+
+
+#: height in pixels of the grid's header row of column names
+GRID_HEADER = 14
+
+
+def _label_columns(grid, names: Sequence[str], tile: int, padding: int = 2):
+    """``grid`` (3, H, W) with a white header row naming each column (cut to the tile width)."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageDraw, ImageFont
+
+    head = Image.new("RGB", (grid.shape[-1], GRID_HEADER), (255, 255, 255))
+    d = ImageDraw.Draw(head)
+    font = ImageFont.load_default()
+    for i, name in enumerate(names):
+        x = padding + i * (tile + padding)
+        label = name
+        while label and d.textlength(label, font=font) > tile:
+            label = label[:-1]
+        d.text((x + 1, 1), label, fill=(0, 0, 0), font=font)
+    h = torch.from_numpy(np.asarray(head, np.float32) / 255.0).permute(2, 0, 1).to(grid)
+    return torch.cat([h, grid], 1)
 
 
 def _aggregate(items: list, methods: list) -> list:

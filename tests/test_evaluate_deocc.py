@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from deocc.data import OccludedFaceDataset, OcclusionDataConfig
-from deocc.evaluate import PSNR_CAP, push_pull_fill
+from deocc.evaluate import GRID_HEADER, PSNR_CAP, push_pull_fill
 from face3d.cli import main
 from face3d.generator import Generator, GeneratorOutput, register_generator, save_generator
 from face3d.metrics import mask_iou, psnr, ssim
@@ -119,7 +119,8 @@ def test_evaluate_identity_baseline_psnr_matches_direct(toy_path, tmp_path):
     per_item = [r for r in _read(out / "items.csv") if r["method"] == "identity"]
     assert [float(r["psnr"]) for r in per_item] == pytest.approx(p.tolist(), rel=1e-5)
     grid = Image.open(out / "grid.png")
-    assert grid.size == (5 * (S + 2) + 2, 4 * (S + 2) + 2)  # clean | occluded | mask | 2 methods, 4 rows
+    # clean | occluded | mask | 2 methods, 4 rows, under a header of column names
+    assert grid.size == (5 * (S + 2) + 2, 4 * (S + 2) + 2 + GRID_HEADER)
     doc = json.loads((tmp_path / "r.json").read_text())
     assert len(doc["items"]) == 8 and doc["rows"][0]["method"] == "identity"
 
