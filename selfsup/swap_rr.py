@@ -46,7 +46,7 @@ from torch.utils.data import Dataset
 
 from face3d.coefficients import ALIGNED_SIZE, FaceParams
 from face3d.color import srgb_to_lab
-from face3d.filters import blur_masked, dilate
+from face3d.filters import blur_masked, dilate, opening
 from face3d.morphable_model import MorphableModel
 from face3d.photometric import PhotometricSettings
 from face3d.rotate_render import (ClosedMesh, FaceRenders, PhotoRender, ProjectionSettings, closed_mesh,
@@ -70,6 +70,8 @@ class SwapRRConfig:
     * ``image_size``: crop side S (CFR-GAN: 224).
     * ``alpha``: α of eq. 5 (0.4).
     * ``threshold``: M > threshold (in units of M's standard deviation) is occluded; the paper's 0.
+    * ``opening_px``: radius of a morphological opening of the thresholded M, removing specks
+      and thin lines (wrinkles, edges) before dilation; 0 (off) in the paper.
     * ``dilate_px`` / ``blur_sigma``: dilation radius and Gaussian σ applied to M (at 224²; scaled
       with S). ``es_blur_sigma``: σ of the blur of R_es (at 224²).
     * ``exclude``: landmark regions never called occluded: ``eyes`` (paper), ``mouth``.
@@ -88,6 +90,7 @@ class SwapRRConfig:
     image_size: int = ALIGNED_SIZE
     alpha: float = 0.4
     threshold: float = 0.0
+    opening_px: float = 0.0
     dilate_px: float = 3.0
     blur_sigma: float = 2.0
     es_blur_sigma: float = 1.5
@@ -251,6 +254,8 @@ def occlusion_mask(render_p: Tensor, render_e: Tensor, face_mask: Tensor, valid:
         for c in EYE_CLASSES:
             keep = torch.maximum(keep, (lab == c).to(keep))
     binary = binary * (1.0 - keep)
+    if cfg.opening_px > 0:
+        binary = opening(binary, max(1, int(round(cfg.opening_px * k))))
     m = dilate(binary, int(round(cfg.dilate_px * k)))
     m = _gaussian_blur(m, cfg.blur_sigma * k).clamp(0.0, 1.0) * (face_mask > 0.5).to(m)
     return OcclusionMask(mask=m, binary=binary, score=score, z_t=z_t, z_s=z_s, region=region)
