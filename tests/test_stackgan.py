@@ -143,7 +143,7 @@ def test_stage1_lowers_the_losses(stage1):
     g = trainer.modules["generator"]
     assert g.refine is None  # stage 1 trains the Base-Net alone
     l1, ssim_l = _log(out, "G/l1"), _log(out, "G/ssim")
-    assert np.mean(l1[-3:]) < 0.8 * np.mean(l1[:3]), l1
+    assert np.mean(l1[-3:]) < 0.8 * np.mean(l1[:3]), l1  # measured 0.74 (1 − SSIM: 0.62)
     assert np.mean(ssim_l[-3:]) < np.mean(ssim_l[:3]), ssim_l
     assert all(np.isfinite(_log(out, "D/loss")))
     # TTUR: D at 4e-4, G at the generator's rate
@@ -221,7 +221,7 @@ def test_cli_train_stackgan_end_to_end(shared_data, toy_model, tmp_path, capsys)
     out = tmp_path / "run"
     sets = [f"generator.{k}={v}" for k, v in TINY.items()] + [
         f"occlusion.model={npz}", "occlusion.landmarks=dlib", f"occlusion.cache_dir={tmp_path / 'cache'}",
-        "trainer.batch_size=2", "trainer.progress=false", "trainer.tensorboard=false", "trainer.sample_every=0"]
+        "trainer.batch_size=2", "trainer.progress=false", "trainer.tensorboard=false", "trainer.sample_every=1"]
     argv = ["train", "stackgan", "--data", str(photos), "--steps", "2", "--out", str(out), "--device", "cpu"]
     for s in sets:
         argv += ["--set", s]
@@ -229,5 +229,6 @@ def test_cli_train_stackgan_end_to_end(shared_data, toy_model, tmp_path, capsys)
     err = capsys.readouterr().err
     assert code == 0, err
     assert find_checkpoint(out / "checkpoints").name == "step_00000002.pt"
+    assert any((out / "samples").glob("*.png"))
     g = load_generator(out, name="stackgan")
     assert g.image_size == S
