@@ -46,8 +46,6 @@ or, with ``mask_input``, the mask the caller gave.
 from __future__ import annotations
 
 import dataclasses
-import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -64,8 +62,6 @@ from face3d.training.task import OptimizerSpec, StepContext, TrainingTask
 __all__ = ["StackGANConfig", "StackGANTrainConfig", "StackGANGenerator", "DilatedSEUNet", "DilatedSEBlock",
            "SEBlock", "PatchDiscriminator", "StackGANTask", "difference_mask", "reconstruction_loss",
            "gan_loss", "train_stackgan", "load_module_weights"]
-
-log = logging.getLogger("face3d.training")
 
 
 # --------------------------------------------------------------------------- shared helpers

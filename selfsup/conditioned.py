@@ -44,13 +44,11 @@ the 3DMM fit); the synthesis and silhouette are rendered in the training step wi
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deocc.data import OcclusionDataConfig
@@ -165,9 +163,10 @@ class ConditionedGANConfig:
     """The generator's architecture.
 
     Attributes:
-        image_size: crop side S (256 in the paper); a power of two ≥ 4 (or a multiple of 2^depth).
+        image_size: crop side S (256 in the paper); a multiple of 2^depth (at least 4).
         width, max_width: U-Net channels (pix2pix: 64 … 512).
-        depth: U-Net levels; None: log2(S), down to 1×1 as pix2pix's U-Net-256.
+        depth: U-Net levels; None: as many halvings as S allows, up to 8 (256² → 1×1 as
+            pix2pix's U-Net-256).
         dropout: decoder dropout (pix2pix: 0.5; off in eval mode).
         mask_threshold, mask_kernel: :func:`deocc.stackgan.difference_mask` of the output mask.
     """
@@ -193,9 +192,14 @@ class ConditionedGANConfig:
 
     @property
     def levels(self) -> int:
+        """U-Net levels: ``depth``, or as many halvings as ``image_size`` allows, at most 8
+        (256² → 1×1 as pix2pix; 224² → 5 levels, a 7×7 bottleneck)."""
         if self.depth is not None:
             return int(self.depth)
-        return int(round(math.log2(self.image_size))) if self.image_size > 0 else 0
+        s, d = int(self.image_size), 0
+        while s > 1 and s % 2 == 0 and d < 8:
+            s, d = s // 2, d + 1
+        return d
 
 
 class ConditionedGenerator(Generator):
