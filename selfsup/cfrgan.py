@@ -58,7 +58,7 @@ from selfsup.cfrgan_nets import CFRNet, MultiScaleDiscriminator, critic_loss
 from selfsup.swap_rr import SwapRRConfig
 
 __all__ = ["CFRGANConfig", "CFRGANDiscriminatorConfig", "CFRGANLossConfig", "CFRGANTrainConfig", "CFRGAN",
-           "CFRGANTask", "build_discriminator", "masked_l1_loss", "mask_loss", "identity_crop_warp",
+           "CFRGANTask", "build_discriminator", "build_cfrgan_dataset", "masked_l1_loss", "mask_loss", "identity_crop_warp",
            "train_cfrgan"]
 
 log = logging.getLogger("face3d.training")

