@@ -154,3 +154,26 @@ def test_parsing_adds_glasses_and_removes_eyes():
     glasses = ((labels == 6) & (face > 0)).float()
     assert float((res.binary * glasses).sum()) == float(glasses.sum())
     assert float(res.binary[labels == 4].max()) == 0.0
+
+
+def test_swap_rr_dataset_on_a_photo(shared_data, ict_model, tmp_path):
+    from face3d.model_zoo import load_model
+    from face3d.training.data import PhotoDatasetConfig
+    from selfsup.swap_rr import SwapRRDataset
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").symlink_to(shared_data / "faces" / "cfrgan_occluded" / "f04258.jpg")
+    cfg = SwapRRConfig(image_size=64, photometric_iterations=3, cache_dir=str(tmp_path / "cache"),
+                       photos=PhotoDatasetConfig(model=str(ict_model), landmarks="dlib"))
+    ds = SwapRRDataset(folder, cfg, model=load_model(str(ict_model)))
+    assert len(ds) == 1
+    item = ds[0]
+    assert set(item) >= {"image", "render_psr", "render_es", "mask", "face_mask"}
+    for k in ("image", "render_psr", "render_es"):
+        assert item[k].shape == (3, 64, 64) and item[k].dtype == torch.float32
+    assert item["mask"].shape == (1, 64, 64) and 0 <= float(item["mask"].min()) <= float(item["mask"].max()) <= 1
+    assert float(item["mask"].sum()) > 0 and float(item["face_mask"].mean()) > 0.2
+    assert float(item["render_es"][:, item["face_mask"][0] == 0].abs().max()) == 0.0
+    again = ds[0]  # light and albedo come from the cache now: the same sample
+    assert torch.equal(again["render_psr"], item["render_psr"]) and torch.equal(again["mask"], item["mask"])
