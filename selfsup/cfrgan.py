@@ -38,7 +38,6 @@ theirs as well. Their AdamW keeps torch's default weight decay (0.01); so do we.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -58,10 +57,9 @@ from selfsup.cfrgan_nets import CFRNet, MultiScaleDiscriminator, critic_loss
 from selfsup.swap_rr import SwapRRConfig
 
 __all__ = ["CFRGANConfig", "CFRGANDiscriminatorConfig", "CFRGANLossConfig", "CFRGANTrainConfig", "CFRGAN",
-           "CFRGANTask", "build_discriminator", "build_cfrgan_dataset", "masked_l1_loss", "mask_loss", "identity_crop_warp",
-           "train_cfrgan"]
+           "CFRGANTask", "build_discriminator", "build_cfrgan_dataset", "masked_l1_loss", "mask_loss",
+           "identity_crop_warp", "train_cfrgan", "ID_CROP_224"]
 
-log = logging.getLogger("face3d.training")
 
 #: the authors' identity crop of the 224² aligned face: (left, top, right, bottom) as fractions
 ID_CROP_224 = (15 / 224, 15 / 224, 209 / 224, 184 / 224)

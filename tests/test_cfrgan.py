@@ -103,6 +103,18 @@ def test_occlusion_attention_eq9_hand_checked():
     assert torch.allclose(fo0, torch.zeros_like(fo0)) and torch.allclose(same, f_p / 2)
 
 
+def test_attention_and_losses_gradcheck_float64():
+    att = OcclusionAttention(2).double()
+    f_p = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    f_e = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: att(a, b)[0], (f_p, f_e))
+    out = torch.rand(1, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    tgt = torch.rand(1, 3, 3, 3, dtype=torch.float64)
+    m = torch.rand(1, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda o, mm: masked_l1_loss(o, tgt, mm), (out, m))
+    assert torch.autograd.gradcheck(lambda mm: mask_loss(mm, (tgt[:, :1] > 0.5).double()), (m,))
+
+
 def test_spectral_norm_everywhere_but_the_occlusion_path():
     net = CFRNet(ngf=8, n_downsampling=2, n_blocks=2)
     o_path = {id(m) for top in net.occlusion_path_modules() for m in top.modules()}
