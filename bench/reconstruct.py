@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--texture-size", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")
     parser.add_argument("--limit", type=int, default=8)
+    parser.add_argument("--init", choices=["landmarks", "regressor"], default="landmarks",
+                        help="how LM starts (regressor: the shipped one, adds its stage)")
     parser.add_argument("--shared", default=os.environ.get("FACE3D_SHARED", str(REPO.parent / "shared")))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -47,7 +49,7 @@ def main() -> None:
     if not photos:
         sys.exit(f"no photos found under {faces_dir}")
 
-    cfg = ReconstructConfig(model=args.model, texture=TextureSettings(size=args.texture_size))
+    cfg = ReconstructConfig(model=args.model, texture=TextureSettings(size=args.texture_size), init=args.init)
     recon = Reconstructor(cfg)
     t0 = time.perf_counter()
     _ = recon.model

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from face3d.errors import Face3DError, OutputError, UsageError, exit_code_for
+from face3d.imageio import IMAGE_SUFFIXES
 
 __all__ = ["main", "build_parser", "EXTERNAL_COMMANDS"]
 
@@ -51,7 +52,6 @@ EXTERNAL_COMMANDS: dict[tuple[Optional[str], str], tuple[str, str]] = {
     ("evaluate", "deocc"): ("deocc.evaluate", "de-occlusion generators on held-out synthetic occlusions"),
 }
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
 MESH_FORMATS = (".obj", ".ply", ".glb")
 
 

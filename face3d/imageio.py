@@ -51,6 +51,7 @@ from face3d.errors import ImageInputError, MissingInputError, OutputError, Usage
 from face3d.io_utils import atomic_write  # re-exported: part of this module's public API
 
 __all__ = [
+    "IMAGE_SUFFIXES",
     "LoadedImage",
     "load_image",
     "pil_to_rgb",
@@ -63,6 +64,9 @@ __all__ = [
     "DEFAULT_MIN_SIDE",
     "DEFAULT_MAX_PIXELS",
 ]
+
+#: file extensions taken for images when a folder is listed (lower case)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 PathLike = Union[str, os.PathLike]
 

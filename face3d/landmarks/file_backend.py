@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -30,7 +31,8 @@ from face3d.errors import LandmarkFileError, UsageError
 from face3d.imageio import atomic_write
 from face3d.landmarks.base import N_LANDMARKS, DetectedFace, LandmarkDetector, box_from_landmarks, check_rgb
 
-__all__ = ["FileLandmarks", "read_landmarks", "write_landmarks", "find_landmark_file", "LANDMARK_SUFFIXES"]
+__all__ = ["FileLandmarks", "read_landmarks", "write_landmarks", "find_landmark_file", "LANDMARK_SUFFIXES",
+           "AnnotatedFace", "read_imglab_xml", "annotated_faces"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -198,6 +200,61 @@ def write_landmarks(path: PathLike, landmarks: np.ndarray, *, pts_one_based: boo
             lm = a[0].tolist() if a.shape[0] == 1 else a.tolist()
             tmp.write_text(json.dumps({"landmarks": lm}), encoding="utf-8")
     return p
+
+
+@dataclass(frozen=True)
+class AnnotatedFace:
+    """One face with ground-truth landmarks: ``image`` path, ``landmarks`` (68, 2) pixels
+    (0-based, x right, y down), ``name`` (the image name, ``#k`` for the k-th face of an
+    image listed in an XML file)."""
+
+    image: Path
+    landmarks: np.ndarray
+    name: str
+
+
+def read_imglab_xml(path: PathLike, n_points: int = N_LANDMARKS) -> list[AnnotatedFace]:
+    """The faces of a dlib imglab XML dataset (``<image file=…><box …><part name= x= y=/>``,
+    as dlib's ``*_with_face_landmarks.xml``) that have ``n_points`` parts; images are
+    resolved relative to the XML file. Coordinates are used as written (dlib's are 0-based)."""
+    import xml.etree.ElementTree as ET
+
+    p = Path(path)
+    try:
+        root = ET.parse(p).getroot()
+    except (OSError, ET.ParseError) as e:
+        raise LandmarkFileError(f"{p}: not a readable imglab XML file ({e})") from None
+    out = []
+    for im in root.iter("image"):
+        for k, box in enumerate(im.iter("box")):
+            parts = sorted(box.iter("part"), key=lambda e: int(e.get("name", "0")))
+            if len(parts) != n_points:
+                continue
+            lm = np.array([[float(e.get("x")), float(e.get("y"))] for e in parts], dtype=np.float64)
+            out.append(AnnotatedFace(p.parent / im.get("file", ""), lm, f"{im.get('file')}#{k}"))
+    return out
+
+
+def annotated_faces(folder: PathLike, n_points: int = N_LANDMARKS) -> list[AnnotatedFace]:
+    """Every face with ``n_points`` ground-truth landmarks under ``folder`` (recursive): images
+    with a ``.pts`` file next to them, and the faces of dlib imglab XML datasets
+    (``*.xml`` with ``<part>`` elements). Files with another number of points are skipped."""
+    from face3d.imageio import IMAGE_SUFFIXES
+
+    root = Path(folder)
+    out: list[AnnotatedFace] = []
+    for f in sorted(root.rglob("*")):
+        if f.suffix.lower() == ".pts":
+            image = next((q for q in sorted(f.parent.glob(f.stem + ".*")) if q.suffix.lower() in IMAGE_SUFFIXES), None)
+            if image is None:
+                continue
+            try:
+                out.append(AnnotatedFace(image, read_landmarks(f, n_points=n_points)[0], image.name))
+            except LandmarkFileError:
+                continue
+        elif f.suffix.lower() == ".xml" and b"<part" in f.read_bytes()[:1 << 20]:
+            out.extend(face for face in read_imglab_xml(f, n_points) if face.image.is_file())
+    return out
 
 
 class FileLandmarks(LandmarkDetector):

@@ -58,7 +58,8 @@ from face3d.training.grid import make_grid
 from face3d.training.task import OptimizerSpec, StepContext, TrainingTask
 
 __all__ = ["RegressorTrainConfig", "Stage1Task", "Stage2Task", "RandomErasing", "coefficient_loss",
-           "build_regressor_dataset", "make_task", "train_regressor", "load_regressor", "read_regressor_checkpoint",
+           "build_regressor_dataset", "make_task", "train_regressor", "load_regressor", "export_regressor",
+           "read_regressor_checkpoint",
            "evaluate_regressor", "format_report"]
 
 log = logging.getLogger("face3d.training")
@@ -359,6 +360,22 @@ def load_regressor(path: Union[str, os.PathLike], model: MorphableModel,
             from None
     reg.train_info = info  # type: ignore[attr-defined]
     return reg.to(device).eval()
+
+
+def export_regressor(checkpoint: Union[str, os.PathLike], out: Union[str, os.PathLike]) -> Path:
+    """Write the regressor of a training checkpoint (or run folder) as a small file that
+    :func:`load_regressor` reads: its weights, the training config and step, no optimiser
+    state. Written atomically; returns ``out``."""
+    from face3d.io_utils import atomic_write
+
+    weights, info = read_regressor_checkpoint(checkpoint)
+    step = int(info.pop("step", 0))
+    out = Path(out)
+    with atomic_write(out, make_parents=True) as tmp:
+        torch.save({"modules": {"regressor": {k: v.detach().cpu().contiguous() if isinstance(v, Tensor) else v
+                                              for k, v in weights.items()}},
+                    "task": {"regressor_config": info}, "step": step}, tmp)
+    return out
 
 
 def _init_weights(reg: FaceRegressor, path: str, model: MorphableModel) -> None:
@@ -676,8 +693,9 @@ def evaluate_regressor(checkpoint: Union[str, os.PathLike], data: Optional[Union
 
     Args:
         checkpoint: a trainer checkpoint / run folder, or a bare FaceRegressor state dict.
-        data: folder of photos with 68-point ground truth ``<stem>.pts`` next to each (photos
-            without one, or with another number of points, are skipped). Each photo is aligned by the five-point similarity of
+        data: folder of photos with 68-point ground truth: ``<stem>.pts`` next to an image, or
+            dlib imglab XML datasets (:func:`face3d.landmarks.file_backend.annotated_faces`;
+            other numbers of points are skipped). Each photo is aligned by the five-point similarity of
             its ground-truth landmarks (:mod:`face3d.align`) — the evaluation measures the
             regressor, not a detector — and predicted landmarks are mapped back to the photo.
         synthetic: held-out synthetic faces (seed ``seed``, distinct from training's), each
@@ -744,38 +762,27 @@ def evaluate_regressor(checkpoint: Union[str, os.PathLike], data: Optional[Union
 
 def _photo_nme(reg: FaceRegressor, scorer: _Scorer, folder: Path, size: int, batch_size: int
                ) -> Optional[dict[str, Any]]:
-    from face3d.align import five_points, invert_similarity, similarity_to_template, \
-        transform_points, warp_to_aligned
-    from face3d.errors import LandmarkFileError, MissingInputError
+    from face3d.align import five_points, invert_similarity, similarity_to_template, transform_points, \
+        warp_to_aligned
+    from face3d.errors import MissingInputError
     from face3d.imageio import image_to_tensor, load_image
-    from face3d.landmarks.file_backend import read_landmarks
-    from face3d.training.data import IMAGE_EXTENSIONS
+    from face3d.landmarks.file_backend import annotated_faces
+    from face3d.regressor.inference import crop_template
 
     if not folder.is_dir():
         raise MissingInputError(f"{folder}: no such folder")
-    from face3d.regressor.inference import crop_template
-
-    template = crop_template(scorer.model, size)
-    crops, transforms, gts = [], [], []
-    for img_path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):
-        pts = img_path.with_suffix(".pts")
-        if not pts.is_file():
-            continue
-        try:
-            gt = torch.from_numpy(read_landmarks(pts)[0]).double()[None]
-        except LandmarkFileError as e:  # e.g. a 19-point profile annotation
-            log.warning("%s; skipped", e)
-            continue
-        A = similarity_to_template(five_points(gt), template)
-        photo = image_to_tensor(load_image(img_path).rgb)
-        crops.append(warp_to_aligned(photo, A.float(), size)[0])
-        transforms.append(A[0])
-        gts.append(gt[0])
-    if not crops:
-        log.warning("%s: no photo with a .pts ground truth next to it", folder)
+    faces = annotated_faces(folder)
+    if not faces:
+        log.warning("%s: no photo with 68-point ground truth (.pts next to it, or a dlib XML)", folder)
         return None
-    A = torch.stack(transforms)
-    gt = torch.stack(gts)
+    template = crop_template(scorer.model, size)
+    gt = torch.from_numpy(np.stack([f.landmarks for f in faces])).double()
+    A = similarity_to_template(five_points(gt), template)
+    crops, photos = [], {}
+    for k, face in enumerate(faces):
+        if face.image not in photos:
+            photos = {face.image: image_to_tensor(load_image(face.image).rgb)}  # faces of one image are adjacent
+        crops.append(warp_to_aligned(photos[face.image], A[k:k + 1].float(), size)[0])
     model = scorer.model
     n = len(crops)
     pred = FaceParams.split(_predict(reg, torch.stack(crops), batch_size).to(model.device, model.dtype), model)

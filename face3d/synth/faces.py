@@ -44,6 +44,7 @@ from torch import Tensor
 from face3d.camera import transform
 from face3d.coefficients import ALIGNED_DISTANCE_MM, FaceParams, aligned_camera
 from face3d.color import linear_to_srgb, srgb_to_linear
+from face3d.imageio import IMAGE_SUFFIXES
 from face3d.fitting.lm import LandmarkFitter, LMFitConfig
 from face3d.lighting import DENG_AMBIENT, SH_CONSTANTS, sh_basis
 from face3d.morphable_model import ModelArrays, MorphableModel
@@ -52,7 +53,6 @@ from face3d.render import Renderer, RenderSettings, vertex_visibility
 __all__ = ["SyntheticFaceConfig", "SyntheticBatch", "SyntheticFaces", "SyntheticFaceDataset", "fold_gain_into_sh",
            "BackgroundSource", "directional_sh", "sample_seed"]
 
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 @dataclass
@@ -260,9 +260,9 @@ class BackgroundSource:
             root = Path(photo_dir) if photo_dir is not None else None
             if root is None or not root.is_dir():
                 raise FileNotFoundError(f"background photo folder not found: {root}")
-            self.photos = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+            self.photos = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
             if not self.photos:
-                raise FileNotFoundError(f"no photos ({', '.join(_IMAGE_SUFFIXES)}) under {root}")
+                raise FileNotFoundError(f"no photos ({', '.join(IMAGE_SUFFIXES)}) under {root}")
 
     def __call__(self, rng: np.random.Generator) -> np.ndarray:
         """(size, size, 3) float32 sRGB in [0, 1]."""

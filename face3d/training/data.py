@@ -52,14 +52,14 @@ from face3d.config import config_to_dict
 from face3d.converters.common import sha256_file
 from face3d.errors import ImageInputError, MissingInputError
 from face3d.fitting import LandmarkFitter, LMFitConfig
-from face3d.imageio import image_to_tensor, load_image
+from face3d.imageio import IMAGE_SUFFIXES, image_to_tensor, load_image
 from face3d.io_utils import atomic_write
 
 __all__ = ["PhotoDatasetConfig", "PhotoFolderDataset", "IMAGE_EXTENSIONS", "CACHE_VERSION"]
 
 log = logging.getLogger("face3d.training")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # the folder listing of every command
 #: Bump when the cached content or its meaning changes.
 CACHE_VERSION = 1
 
