@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from face3d.generator import Generator, GeneratorInput, GeneratorOutput, generator_state, register_generator
+from face3d.generator import Generator, GeneratorOutput, generator_state, register_generator
 from face3d.training.config import OptimizerConfig, ScheduleConfig, TrainerConfig
 from face3d.training.task import OptimizerSpec, StepContext, TrainingTask
 from deocc.data import OcclusionDataConfig
@@ -379,6 +379,7 @@ class C2FTask(TrainingTask):
         gen: C2F = modules["generator"]  # type: ignore[assignment]
         base = self.config.trainer.optim
         if self.config.stage == 1:
+            gen.fine.requires_grad_(False)  # unused in step 1: frozen, so DDP does not wait for it
             return {"generator": OptimizerSpec(gen.coarse.parameters(),
                                                optim=dataclasses.replace(base, lr=self.config.stage1_lr))}
         groups = [{"params": list(gen.coarse.parameters()), "lr": self.config.coarse_lr},

@@ -40,7 +40,6 @@ an untrained network starts at mid-grey rather than at a clip boundary.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F

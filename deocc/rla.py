@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from face3d.generator import Generator, GeneratorInput, GeneratorOutput, generator_state, register_generator
+from face3d.generator import Generator, GeneratorOutput, generator_state, register_generator
 from face3d.training.config import OptimizerConfig, TrainerConfig
 from face3d.training.task import OptimizerSpec, StepContext, TrainingTask
 from deocc.data import OcclusionDataConfig
@@ -427,6 +427,8 @@ class RLATask(TrainingTask):
         gen: RLA = modules["generator"]  # type: ignore[assignment]
         stage = self.config.stage
         if stage == 1:
+            for p in gen.detection_parameters():  # unused this stage: frozen, so DDP does not wait for them
+                p.requires_grad_(False)
             return {"generator": OptimizerSpec(gen.reconstruction_parameters())}
         if stage == 2:
             gen.requires_grad_(False)  # the pre-trained encoder and reconstruction channel stay fixed

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from deocc.rla import (RLA, LSTMStack, RLAConfig, RLADiscriminator, RLATask, RLATrainConfig, SpatialLSTM2D,
-                       _lstm_update, composition_mse)
+                       composition_mse)
 from face3d.generator import GeneratorInput, get_generator, load_generator, save_generator
 from face3d.training.config import OptimizerConfig, TrainerConfig
 from face3d.training.trainer import Trainer
@@ -167,13 +167,13 @@ def _losses(tmp_path, stage, key="loss"):
 
 def test_four_stages_lower_their_losses(tmp_path):
     data = _Pairs()
-    t1 = Trainer(RLATask(_cfg(tmp_path, 1, 40)), data, _cfg(tmp_path, 1, 40).trainer).fit()
+    t1 = Trainer(RLATask(_cfg(tmp_path, 1, 30)), data, _cfg(tmp_path, 1, 30).trainer).fit()
     l1 = _losses(tmp_path, 1)
     assert sum(l1[-5:]) / 5 < 0.7 * sum(l1[:5]) / 5
     ck1 = str(tmp_path / "stage1")
     # stage 2: only the detection channel moves
     before = {k: v.clone() for k, v in t1.modules["generator"].state_dict().items()}
-    t2 = Trainer(RLATask(_cfg(tmp_path, 2, 30, ck1)), data, _cfg(tmp_path, 2, 30).trainer).fit()
+    t2 = Trainer(RLATask(_cfg(tmp_path, 2, 20, ck1)), data, _cfg(tmp_path, 2, 20).trainer).fit()
     after = t2.modules["generator"].state_dict()
     for k, v in after.items():
         moved = not torch.equal(v, before[k])
@@ -181,7 +181,7 @@ def test_four_stages_lower_their_losses(tmp_path):
     l2 = _losses(tmp_path, 2)
     assert sum(l2[-5:]) / 5 < sum(l2[:5]) / 5
     # stage 3: joint training from stage 2
-    Trainer(RLATask(_cfg(tmp_path, 3, 30, str(tmp_path / "stage2"))), data, _cfg(tmp_path, 3, 30).trainer).fit()
+    Trainer(RLATask(_cfg(tmp_path, 3, 20, str(tmp_path / "stage2"))), data, _cfg(tmp_path, 3, 20).trainer).fit()
     l3 = _losses(tmp_path, 3)
     assert sum(l3[-5:]) / 5 < sum(l3[:5]) / 5
     # stage 4: D warm-up steps, then D and G alternate; a random identity CNN adds L_sup
