@@ -61,7 +61,7 @@ from face3d.training.task import OptimizerSpec, StepContext, TrainingTask
 
 __all__ = ["StackGANConfig", "StackGANTrainConfig", "StackGANGenerator", "DilatedSEUNet", "DilatedSEBlock",
            "SEBlock", "PatchDiscriminator", "StackGANTask", "difference_mask", "reconstruction_loss",
-           "gan_loss", "train_stackgan", "load_module_weights"]
+           "gan_loss", "train_stackgan"]
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -112,31 +112,6 @@ def reconstruction_loss(output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]
     from face3d.metrics import ssim
 
     return (output - target).abs().mean(), (1.0 - ssim(output, target)).mean()
-
-
-def load_module_weights(path: str, module: str) -> dict[str, Tensor]:
-    """The state dict of module ``module`` in a trainer checkpoint (file or run folder),
-    read with ``torch.load(weights_only=True)``.
-
-    Raises:
-        FileNotFoundError: nothing at ``path``; ValueError: not a checkpoint or no such module.
-    """
-    from face3d.training.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
-
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such checkpoint")
-    if p.is_dir() and find_checkpoint(p) is None and (p / "checkpoints").is_dir():
-        p = p / "checkpoints"
-    try:
-        state = load_checkpoint(p)
-    except CheckpointError as e:
-        raise ValueError(str(e)) from None
-    mods = state.get("modules")
-    if not isinstance(mods, Mapping) or module not in mods:
-        have = ", ".join(mods) if isinstance(mods, Mapping) else "none"
-        raise ValueError(f"{p}: the checkpoint has no module {module!r} (modules: {have})")
-    return dict(mods[module])
 
 
 # --------------------------------------------------------------------------- networks

@@ -283,27 +283,36 @@ def _run_models(args: argparse.Namespace) -> int:
 
 
 # -- train / evaluate regressor ---------------------------------------------------------------
-def _regressor_train_config(args: argparse.Namespace):
+def _train_config(cfg, args: argparse.Namespace, keys: Sequence[str]):
+    """A training config from its defaults, ``--config``, the named options ``keys`` (top-level
+    fields), ``--out/--steps/--device/--resume`` (the nested TrainerConfig) and ``--set``, in
+    that order of precedence (last wins)."""
     from face3d.config import apply_overrides, load_config, parse_override
-    from face3d.regressor.train import RegressorTrainConfig
 
-    cfg = RegressorTrainConfig()
     if args.config:
         cfg = load_config(cfg, args.config)
-    flat: dict = {"stage": args.stage}
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    flat: dict = {}
+    for key in keys:
+        if getattr(args, key, None) is not None:
+            if key not in fields:
+                raise UsageError(f"this training has no --{key}")
+            flat[key] = getattr(args, key)
     trainer: dict = {"resume": "auto" if args.resume else "never"}
-    for name, key in (("data", "data"), ("synthetic", "synthetic"), ("init", "init"), ("model", "model"),
-                      ("backbone", "backbone")):
-        if getattr(args, name) is not None:
-            flat[key] = getattr(args, name)
-    for name, key in (("out", "out_dir"), ("steps", "max_steps"), ("device", "device")):
-        if getattr(args, name) is not None:
-            trainer[key] = getattr(args, name)
+    for arg, key in (("out", "out_dir"), ("steps", "max_steps"), ("device", "device")):
+        if getattr(args, arg) is not None:
+            trainer[key] = getattr(args, arg)
     flat["trainer"] = trainer
     cfg = apply_overrides(cfg, flat)
     for text in args.set:
         cfg = apply_overrides(cfg, parse_override(text))
     return cfg
+
+
+def _regressor_train_config(args: argparse.Namespace):
+    from face3d.regressor.train import RegressorTrainConfig
+
+    return _train_config(RegressorTrainConfig(), args, ("stage", "data", "synthetic", "init", "model", "backbone"))
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -334,31 +343,12 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _generator_train_config(name: str, args: argparse.Namespace):
-    from face3d.config import apply_overrides, load_config, parse_override
     from face3d.generator import get_generator
 
     entry = get_generator(name)
     if entry.train_config is None or entry.train is None:
         raise UsageError(f"the {name} generator cannot be trained here")
-    cfg = entry.train_config()
-    fields = {f.name for f in dataclasses.fields(cfg)}
-    if args.config:
-        cfg = load_config(cfg, args.config)
-    flat: dict = {}
-    trainer: dict = {"resume": "auto" if args.resume else "never"}
-    for key in ("data", "stage", "init"):
-        if getattr(args, key) is not None:
-            if key not in fields:
-                raise UsageError(f"the {name} generator's training has no --{key}")
-            flat[key] = getattr(args, key)
-    for arg, key in (("out", "out_dir"), ("steps", "max_steps"), ("device", "device")):
-        if getattr(args, arg) is not None:
-            trainer[key] = getattr(args, arg)
-    flat["trainer"] = trainer
-    cfg = apply_overrides(cfg, flat)
-    for text in args.set:
-        cfg = apply_overrides(cfg, parse_override(text))
-    return entry, cfg
+    return entry, _train_config(entry.train_config(), args, ("data", "stage", "init"))
 
 
 def _run_train_generator(name: str, args: argparse.Namespace) -> int:

@@ -245,17 +245,9 @@ def load_generator(path: Union[str, os.PathLike], device: Union[str, torch.devic
         generator than ``name``, or weights that do not fit the saved config.
     """
     from face3d.config import apply_overrides
-    from face3d.training.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
+    from face3d.training.checkpoint import read_checkpoint
 
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such generator file")
-    if p.is_dir() and find_checkpoint(p) is None and (p / "checkpoints").is_dir():
-        p = p / "checkpoints"
-    try:
-        state = load_checkpoint(p)
-    except CheckpointError as e:
-        raise ValueError(str(e)) from None
+    state, p = read_checkpoint(path)
     if state.get("format") == GENERATOR_FORMAT:
         meta, weights = state, state.get("state_dict")
     else:

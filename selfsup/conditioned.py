@@ -52,8 +52,9 @@ import torch
 from torch import Tensor, nn
 
 from deocc.data import OcclusionDataConfig
-from deocc.stackgan import build_occlusion_dataset, difference_mask, gan_loss, load_module_weights
+from deocc.stackgan import build_occlusion_dataset, difference_mask, gan_loss
 from face3d.generator import Generator, GeneratorInput, GeneratorOutput, register_generator
+from face3d.training.checkpoint import module_state
 from face3d.training.config import OptimizerConfig, TrainerConfig
 from face3d.training.task import OptimizerSpec, StepContext, TrainingTask
 
@@ -326,7 +327,7 @@ class ConditionedGANTask(TrainingTask):
             src = load_generator(cfg.init, name="conditioned")
             try:
                 gen.load_state_dict(src.state_dict())
-                dg.load_state_dict(load_module_weights(cfg.init, "global_d"))
+                dg.load_state_dict(module_state(cfg.init, "global_d"))
             except RuntimeError as e:
                 raise ValueError(f"{cfg.init}: the stage-1 weights do not fit this configuration "
                                  f"({str(e).strip().splitlines()[0]})") from None

@@ -304,17 +304,9 @@ def read_regressor_checkpoint(path: Union[str, os.PathLike]) -> tuple[dict[str, 
     Raises:
         FileNotFoundError: nothing at ``path``; ValueError: no regressor weights in it.
     """
-    from face3d.training.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
+    from face3d.training.checkpoint import read_checkpoint
 
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such checkpoint")
-    if p.is_dir() and find_checkpoint(p) is None and (p / "checkpoints").is_dir():
-        p = p / "checkpoints"  # a run folder
-    try:
-        state = load_checkpoint(p)
-    except CheckpointError as e:
-        raise ValueError(str(e)) from None
+    state, p = read_checkpoint(path)
     info: dict[str, Any] = {}
     if isinstance(state.get("modules"), Mapping):
         mods = state["modules"]

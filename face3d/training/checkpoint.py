@@ -25,7 +25,7 @@ import torch
 
 from face3d.io_utils import atomic_write
 
-__all__ = ["CheckpointManager", "save_checkpoint", "load_checkpoint", "find_checkpoint",
+__all__ = ["CheckpointManager", "save_checkpoint", "load_checkpoint", "find_checkpoint", "read_checkpoint", "module_state",
            "capture_rng_state", "restore_rng_state", "LATEST_NAME", "CheckpointError"]
 
 log = logging.getLogger("face3d.training")
@@ -123,6 +123,40 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     if not isinstance(state, dict):
         raise CheckpointError(f"{f}: not a checkpoint (top level is {type(state).__name__}, not a dict)")
     return state
+
+
+def read_checkpoint(path: PathLike) -> tuple[dict[str, Any], Path]:
+    """:func:`load_checkpoint` for user-given paths: a checkpoint file, a checkpoint folder or
+    a run folder (its ``checkpoints/``); or any ``torch.save`` file of plain tensors and data.
+
+    Returns ``(state, resolved path)``.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``; ValueError: nothing loadable there.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such checkpoint")
+    if p.is_dir() and find_checkpoint(p) is None and (p / "checkpoints").is_dir():
+        p = p / "checkpoints"
+    try:
+        return load_checkpoint(p), p
+    except CheckpointError as e:
+        raise ValueError(str(e)) from None
+
+
+def module_state(path: PathLike, module: str) -> dict[str, torch.Tensor]:
+    """The state dict of module ``module`` in a trainer checkpoint (see :func:`read_checkpoint`).
+
+    Raises:
+        FileNotFoundError: nothing at ``path``; ValueError: not a checkpoint or no such module.
+    """
+    state, p = read_checkpoint(path)
+    mods = state.get("modules")
+    if not isinstance(mods, Mapping) or module not in mods:
+        have = ", ".join(mods) if isinstance(mods, Mapping) else "none"
+        raise ValueError(f"{p}: the checkpoint has no module {module!r} (modules: {have})")
+    return dict(mods[module])
 
 
 class CheckpointManager:
