@@ -41,7 +41,8 @@ from torch.utils.data import Dataset
 from face3d.synth.faces import SyntheticFaceConfig, sample_seed
 from face3d.synth.occluders import BUCKETS, OCCLUDER_KINDS, OccluderLibrary, OccluderSampler, position_bucket
 
-__all__ = ["OcclusionDataConfig", "OccludedFaceDataset", "OCCLUDER_KINDS", "BUCKETS", "NO_OCCLUDER"]
+__all__ = ["OcclusionDataConfig", "OccludedFaceDataset", "build_occlusion_dataset", "OCCLUDER_KINDS", "BUCKETS",
+           "NO_OCCLUDER"]
 
 #: ``kind`` of an item drawn without an occluder (``occlusion_prob`` < 1).
 NO_OCCLUDER = -1
@@ -252,3 +253,12 @@ class OccludedFaceDataset(Dataset):
             bucket = BUCKETS.index("outside")
         item.update(occluded=occluded, mask=mask, kind=kind, bucket=bucket, index=index)
         return item
+
+
+def build_occlusion_dataset(config: OcclusionDataConfig, image_size: int, data: Optional[str], synthetic: int,
+                            model: Any = None) -> OccludedFaceDataset:
+    """The synthetic-occlusion training set of :mod:`deocc.data` for a generator of ``image_size``
+    (``config.image_size`` is replaced by it); ``model``: a MorphableModel to use instead of
+    loading ``config.model``."""
+    occ = dataclasses.replace(config, image_size=image_size)
+    return OccludedFaceDataset(data, occ, synthetic=synthetic, model=model)

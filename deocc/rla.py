@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from face3d.generator import Generator, GeneratorOutput, generator_state, register_generator
+from face3d.nn.gan import gan_loss
 from face3d.training.config import OptimizerConfig, TrainerConfig
 from face3d.training.task import OptimizerSpec, StepContext, TrainingTask
 from deocc.data import OcclusionDataConfig
@@ -464,14 +465,13 @@ class RLATask(TrainingTask):
             with torch.no_grad():
                 fake = gen(occ).image
             lr, lf = D(clean), D(fake)
-            loss = F.binary_cross_entropy_with_logits(lr, torch.ones_like(lr)) + \
-                F.binary_cross_entropy_with_logits(lf, torch.zeros_like(lf))  # eq. 18 (maximised by D)
+            loss = gan_loss(lr, True) + gan_loss(lf, False)  # eq. 18 (maximised by D)
             return {"loss": loss, "d_real": torch.sigmoid(lr).mean().detach(),
                     "d_fake": torch.sigmoid(lf).mean().detach()}
         r = gen(occ)
         mse = composition_mse(r.image, clean)
         lf = D(r.image)
-        adv = F.binary_cross_entropy_with_logits(lf, torch.ones_like(lf))
+        adv = gan_loss(lf, True)
         loss = cfg.w_mse * mse + cfg.w_adv * adv
         out = {"mse": mse.detach(), "adv": adv.detach()}
         if "identity" in modules and cfg.w_id > 0:

@@ -54,56 +54,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deocc.data import OccludedFaceDataset, OcclusionDataConfig
-from face3d.generator import Generator, GeneratorInput, GeneratorOutput, register_generator
+from deocc.data import OcclusionDataConfig, build_occlusion_dataset
+from face3d.generator import Generator, GeneratorInput, GeneratorOutput, difference_mask, register_generator
+from face3d.nn.gan import gan_loss
 from face3d.training.config import OptimizerConfig, TrainerConfig
 from face3d.training.task import OptimizerSpec, StepContext, TrainingTask
 
 __all__ = ["StackGANConfig", "StackGANTrainConfig", "StackGANGenerator", "DilatedSEUNet", "DilatedSEBlock",
-           "SEBlock", "PatchDiscriminator", "StackGANTask", "difference_mask", "reconstruction_loss",
-           "gan_loss", "train_stackgan"]
+           "SEBlock", "PatchDiscriminator", "StackGANTask", "reconstruction_loss",
+           "train_stackgan"]
 
 
-# --------------------------------------------------------------------------- shared helpers
-def difference_mask(output: Tensor, image: Tensor, threshold: float = 0.1, kernel: int = 5) -> Tensor:
-    """An occlusion mask for generators that predict none: where the output departs from the input.
-
-    ``d = box_k(mean_c |output − image|)`` (a k×k box filter, so isolated pixel noise does not
-    count), ``m = [d > threshold]``, then dilated by a k×k max filter so the mask covers the
-    soft edge of a replaced region. Honest by construction: it marks exactly the pixels the
-    generator changed by more than ``threshold`` (in [0, 1] intensity units) on average over a
-    k×k neighbourhood.
-
-    Args:
-        output, image: (B, 3, H, W) in [0, 1].
-        threshold: mean absolute change that counts as replaced (0.1 ≈ 25 grey levels: well
-            above JPEG noise and the small colour drift of a generator's reconstruction).
-        kernel: odd box / dilation size in pixels (1: per pixel, no dilation).
-
-    Returns:
-        (B, 1, H, W) float mask in {0, 1}, 1 = changed (occluded).
-    """
-    if output.shape != image.shape or output.dim() != 4:
-        raise ValueError(f"difference_mask: output {tuple(output.shape)} and image {tuple(image.shape)} "
-                         "must be the same (B, C, H, W)")
-    if kernel < 1 or kernel % 2 == 0:
-        raise ValueError(f"difference_mask: kernel must be odd and >= 1, got {kernel}")
-    d = (output - image).abs().mean(1, keepdim=True)
-    if kernel > 1:
-        d = F.avg_pool2d(F.pad(d, [kernel // 2] * 4, mode="replicate"), kernel, stride=1)
-    m = (d > threshold).to(output.dtype)
-    if kernel > 1:
-        m = F.max_pool2d(m, kernel, stride=1, padding=kernel // 2)
-    return m
-
-
-def gan_loss(logits: Tensor, real: bool) -> Tensor:
-    """The log-loss of the GAN objective on discriminator logits (``−log σ`` for real,
-    ``−log(1 − σ)`` for fake), averaged over every element (batch and patches)."""
-    target = torch.ones_like(logits) if real else torch.zeros_like(logits)
-    return F.binary_cross_entropy_with_logits(logits, target)
-
-
+# --------------------------------------------------------------------------- losses
 def reconstruction_loss(output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """FD-StackGAN's L_r = L1 + L_SSIM (eqs. 3–5): (mean |output − target|, mean (1 − SSIM)).
 
@@ -484,15 +446,6 @@ class StackGANTask(TrainingTask):
         # what face3d.generator.generator_state gives for the trained generator (its config is fixed at init)
         return {"generator": {"name": StackGANGenerator.name, "config": config_to_dict(self._gen_config)},
                 "train_config": config_to_dict(self.config)}
-
-
-def build_occlusion_dataset(config: OcclusionDataConfig, image_size: int, data: Optional[str], synthetic: int,
-                            model: Any = None) -> OccludedFaceDataset:
-    """The synthetic-occlusion training set of :mod:`deocc.data` for a generator of ``image_size``
-    (``config.image_size`` is replaced by it); ``model``: a MorphableModel to use instead of
-    loading ``config.model``."""
-    occ = dataclasses.replace(config, image_size=image_size)
-    return OccludedFaceDataset(data, occ, synthetic=synthetic, model=model)
 
 
 def train_stackgan(config: StackGANTrainConfig, perceptual: Optional[nn.Module] = None, model: Any = None):

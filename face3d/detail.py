@@ -30,7 +30,6 @@ Everything runs on a crop around the face, resampled so its long side is at most
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 

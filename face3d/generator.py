@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["GeneratorInput", "GeneratorOutput", "Generator", "GeneratorEntry", "register_generator",
            "get_generator", "available_generators", "build_generator", "save_generator", "load_generator",
-           "generator_state", "BUILTIN_GENERATORS", "GENERATOR_FORMAT"]
+           "generator_state", "difference_mask", "BUILTIN_GENERATORS", "GENERATOR_FORMAT"]
 
 #: the format tag of :func:`save_generator` files
 GENERATOR_FORMAT = "face3d-generator/1"
@@ -148,6 +149,38 @@ class GeneratorEntry:
 
 
 _REGISTRY: dict[str, GeneratorEntry] = {}
+
+
+def difference_mask(output: Tensor, image: Tensor, threshold: float = 0.1, kernel: int = 5) -> Tensor:
+    """An occlusion mask for generators that predict none: where the output departs from the input.
+
+    ``d = box_k(mean_c |output − image|)`` (a k×k box filter, so isolated pixel noise does not
+    count), ``m = [d > threshold]``, then dilated by a k×k max filter so the mask covers the
+    soft edge of a replaced region. Honest by construction: it marks exactly the pixels the
+    generator changed by more than ``threshold`` (in [0, 1] intensity units) on average over a
+    k×k neighbourhood.
+
+    Args:
+        output, image: (B, 3, H, W) in [0, 1].
+        threshold: mean absolute change that counts as replaced (0.1 ≈ 25 grey levels: well
+            above JPEG noise and the small colour drift of a generator's reconstruction).
+        kernel: odd box / dilation size in pixels (1: per pixel, no dilation).
+
+    Returns:
+        (B, 1, H, W) float mask in {0, 1}, 1 = changed (occluded).
+    """
+    if output.shape != image.shape or output.dim() != 4:
+        raise ValueError(f"difference_mask: output {tuple(output.shape)} and image {tuple(image.shape)} "
+                         "must be the same (B, C, H, W)")
+    if kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"difference_mask: kernel must be odd and >= 1, got {kernel}")
+    d = (output - image).abs().mean(1, keepdim=True)
+    if kernel > 1:
+        d = F.avg_pool2d(F.pad(d, [kernel // 2] * 4, mode="replicate"), kernel, stride=1)
+    m = (d > threshold).to(output.dtype)
+    if kernel > 1:
+        m = F.max_pool2d(m, kernel, stride=1, padding=kernel // 2)
+    return m
 
 
 def register_generator(name: str, config_class: type, *, train_config: Optional[type] = None,

@@ -35,7 +35,7 @@ Where the paper is silent, our choices (one line each):
 
 Output: the paper does not compose (L_gen covers the whole image), so ``image`` is G's output
 as is; the generator predicts no mask, so ``mask`` is
-:func:`deocc.stackgan.difference_mask` of output and input (where G changed the crop).
+:func:`face3d.generator.difference_mask` of output and input (where G changed the crop).
 
 Data: :class:`deocc.data.OccludedFaceDataset` items (``image`` clean, ``occluded``, ``params``
 the 3DMM fit); the synthesis and silhouette are rendered in the training step with
@@ -51,9 +51,9 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from deocc.data import OcclusionDataConfig
-from deocc.stackgan import build_occlusion_dataset, difference_mask, gan_loss
-from face3d.generator import Generator, GeneratorInput, GeneratorOutput, register_generator
+from deocc.data import OcclusionDataConfig, build_occlusion_dataset
+from face3d.generator import Generator, GeneratorInput, GeneratorOutput, difference_mask, register_generator
+from face3d.nn.gan import gan_loss
 from face3d.training.checkpoint import module_state
 from face3d.training.config import OptimizerConfig, TrainerConfig
 from face3d.training.task import OptimizerSpec, StepContext, TrainingTask
@@ -169,7 +169,7 @@ class ConditionedGANConfig:
         depth: U-Net levels; None: as many halvings as S allows, up to 8 (256² → 1×1 as
             pix2pix's U-Net-256).
         dropout: decoder dropout (pix2pix: 0.5; off in eval mode).
-        mask_threshold, mask_kernel: :func:`deocc.stackgan.difference_mask` of the output mask.
+        mask_threshold, mask_kernel: :func:`face3d.generator.difference_mask` of the output mask.
     """
 
     image_size: int = 256

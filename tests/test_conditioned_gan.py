@@ -103,7 +103,7 @@ def test_total_variation_hand_checked_and_gradcheck():
 def test_synthesis_and_silhouette_of_a_batch(toy):
     from face3d.coefficients import FaceParams
     from face3d.regressor.losses import render_face
-    from deocc.stackgan import build_occlusion_dataset
+    from deocc.data import build_occlusion_dataset
 
     cfg = _config(Path("unused"), 1, flip_prob=1.0)
     ds = build_occlusion_dataset(cfg.occlusion, S, None, 2, toy)

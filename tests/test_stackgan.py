@@ -12,8 +12,9 @@ import torch
 
 from deocc.data import OcclusionDataConfig
 from deocc.stackgan import (PatchDiscriminator, StackGANConfig, StackGANGenerator, StackGANTask, StackGANTrainConfig,
-                            difference_mask, reconstruction_loss, train_stackgan)
-from face3d.generator import GeneratorInput, build_generator, get_generator, load_generator, save_generator
+                            reconstruction_loss, train_stackgan)
+from face3d.generator import (GeneratorInput, build_generator, difference_mask, get_generator, load_generator,
+                              save_generator)
 from face3d.training import TrainerConfig
 from face3d.training.task import StepContext
 
@@ -193,7 +194,7 @@ def test_perceptual_term_with_a_random_vgg(toy):
     cfg = _config(Path("unused"), 1)
     task = StackGANTask(cfg, PerceptualLoss(vgg=load_vgg19(None)))
     mods = task.build(torch.device("cpu"))
-    from deocc.stackgan import build_occlusion_dataset
+    from deocc.data import build_occlusion_dataset
 
     ds = build_occlusion_dataset(cfg.occlusion, S, None, 2, toy)
     batch = {k: torch.stack([ds[i][k] for i in range(2)]) for k in ("image", "occluded", "mask")}

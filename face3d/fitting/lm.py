@@ -50,7 +50,6 @@ that run torch ops concurrently see one intra-op thread for that time.
 from __future__ import annotations
 
 import contextlib
-import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator, Literal, Optional

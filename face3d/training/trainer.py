@@ -39,7 +39,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
