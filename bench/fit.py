@@ -205,7 +205,7 @@ def main(argv=None) -> None:
         ict = cached_model("ict", lambda: convert_ict(SHARED / "ict-facekit.tar.xz"))
     except (ImportError, FileNotFoundError) as e:
         print(f"ICT model unavailable ({e}); using the toy model")
-        from face3d.synthetic import make_toy_model
+        from face3d.toy_model import make_toy_model
         ict = MorphableModel(make_toy_model())
     per_face = bench_ours(ict, args)
     bench_scipy(ict, args)

@@ -25,8 +25,8 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def toy_model():
-    """A small synthetic 3DMM (about 1.3k vertices) with known bases; see face3d.synthetic."""
-    from face3d.synthetic import make_toy_model
+    """A small synthetic 3DMM (about 1.3k vertices) with known bases; see face3d.toy_model."""
+    from face3d.toy_model import make_toy_model
 
     return make_toy_model(seed=0)
 

@@ -26,7 +26,7 @@ TINY = dict(width=8, max_width=32, image_size=S)
 @pytest.fixture(scope="module")
 def toy():
     from face3d.morphable_model import MorphableModel
-    from face3d.synthetic import make_toy_model
+    from face3d.toy_model import make_toy_model
 
     return MorphableModel(make_toy_model(seed=0))
 

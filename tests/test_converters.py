@@ -311,7 +311,7 @@ def bfm_files(tmp_path_factory):
     BFM_model_front.mat Deng et al.'s transfer would give, with triangles wound clockwise."""
     from scipy.io import savemat
 
-    from face3d.synthetic import make_toy_model
+    from face3d.toy_model import make_toy_model
 
     toy = make_toy_model(seed=3)
     rng = np.random.default_rng(0)

@@ -71,7 +71,7 @@ def test_generators():
 @pytest.fixture(scope="module")
 def toy_path(tmp_path_factory):
     from face3d.morphable_model import save_model_arrays
-    from face3d.synthetic import make_toy_model
+    from face3d.toy_model import make_toy_model
 
     p = tmp_path_factory.mktemp("model") / "toy.npz"
     save_model_arrays(make_toy_model(seed=0), p)

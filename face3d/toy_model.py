@@ -112,6 +112,6 @@ def make_toy_model(seed: int = 0, grid: int = 36, n_id: int = 20, n_exp: int = 1
         mean_shape=mean, id_basis=id_basis, id_std=id_std, exp_basis=exp_basis, exp_std=exp_std,
         mean_albedo=albedo, albedo_basis=albedo_basis, albedo_std=albedo_std,
         triangles=tris, uvs=uvs, uv_triangles=tris.copy(), landmark_ids=lm, contour_lines=contour,
-        meta={"name": "toy", "licence": "CC0 (generated)", "source": "face3d.synthetic.make_toy_model",
+        meta={"name": "toy", "licence": "CC0 (generated)", "source": "face3d.toy_model.make_toy_model",
               "source_sha256": "", "units": "mm", "expression_kind": "pca"},
     )
