@@ -309,6 +309,24 @@ def _train_config(cfg, args: argparse.Namespace, keys: Sequence[str]):
     return cfg
 
 
+def _check_run(cfg, args: argparse.Namespace) -> Path:
+    """Checks shared by the training commands before any work; returns the checkpoint folder.
+    ``--init`` must exist; an existing run is continued only with ``--resume``."""
+    from face3d.errors import MissingInputError
+    from face3d.training.checkpoint import find_checkpoint
+
+    init = getattr(cfg, "init", None)
+    if init and not Path(init).exists():
+        raise MissingInputError(f"{init}: no such checkpoint")
+    ckpts = Path(cfg.trainer.out_dir) / "checkpoints"
+    if args.resume and find_checkpoint(ckpts) is None:
+        _note(f"{cfg.trainer.out_dir}: no checkpoint to resume from; starting a new run")
+    if not args.resume and cfg.trainer.resume == "never" and ckpts.is_dir() and find_checkpoint(ckpts) is not None:
+        raise UsageError(f"{cfg.trainer.out_dir} already holds checkpoints: pass --resume to continue it, "
+                         "or choose another --out")
+    return ckpts
+
+
 def _regressor_train_config(args: argparse.Namespace):
     from face3d.regressor.train import RegressorTrainConfig
 
@@ -326,14 +344,7 @@ def _run_train(args: argparse.Namespace) -> int:
         raise MissingInputError(f"{cfg.data}: no such folder")
     if cfg.stage == 2 and not cfg.init:
         raise UsageError("stage 2 starts teacher and student from the stage-1 weights: give --init CKPT")
-    if cfg.init and not Path(cfg.init).exists():
-        raise MissingInputError(f"{cfg.init}: no such checkpoint")
-    ckpts = Path(cfg.trainer.out_dir) / "checkpoints"
-    if args.resume and find_checkpoint(ckpts) is None:
-        _note(f"{cfg.trainer.out_dir}: no checkpoint to resume from; starting a new run")
-    if not args.resume and cfg.trainer.resume == "never" and ckpts.is_dir() and find_checkpoint(ckpts) is not None:
-        raise UsageError(f"{cfg.trainer.out_dir} already holds checkpoints: pass --resume to continue it, "
-                         "or choose another --out")
+    ckpts = _check_run(cfg, args)
     from face3d.regressor.train import train_regressor
 
     trainer = train_regressor(cfg)
@@ -361,15 +372,7 @@ def _run_train_generator(name: str, args: argparse.Namespace) -> int:
         raise UsageError(f"train {name} needs training data: --data DIR")
     if not Path(data).is_dir():
         raise MissingInputError(f"{data}: no such folder")
-    init = getattr(cfg, "init", None)
-    if init and not Path(init).exists():
-        raise MissingInputError(f"{init}: no such checkpoint")
-    ckpts = Path(cfg.trainer.out_dir) / "checkpoints"
-    if args.resume and find_checkpoint(ckpts) is None:
-        _note(f"{cfg.trainer.out_dir}: no checkpoint to resume from; starting a new run")
-    if not args.resume and cfg.trainer.resume == "never" and ckpts.is_dir() and find_checkpoint(ckpts) is not None:
-        raise UsageError(f"{cfg.trainer.out_dir} already holds checkpoints: pass --resume to continue it, "
-                         "or choose another --out")
+    ckpts = _check_run(cfg, args)
     trainer = entry.train(cfg)
     if trainer.is_main:
         print(f"trained {trainer.step} steps; checkpoint {find_checkpoint(ckpts)}")

@@ -83,6 +83,17 @@ def _local_mean(x: Tensor, g: Tensor, padding: str) -> Tensor:
     return s.view(b, c, *s.shape[-2:])
 
 
+def _ssim_setup(x: Tensor, y: Tensor, window: int, sigma: float, data_range: float, padding: str
+                ) -> tuple[Tensor, float, float]:
+    """Checks of the SSIM functions' arguments; the Gaussian window and Wang et al.'s C1, C2."""
+    _check_pair(x, y)
+    if padding not in ("same", "valid"):
+        raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
+    if padding == "valid" and min(x.shape[-2:]) < window:
+        raise ValueError(f"images of {tuple(x.shape[-2:])} px are smaller than the {window}-px SSIM window")
+    return gaussian_window(window, sigma, x.dtype, x.device), (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+
+
 def ssim_components(
     x: Tensor,
     y: Tensor,
@@ -107,14 +118,7 @@ def ssim_components(
     Returns:
         (l, c, s), each (B, C, h, w) (or (B, 1, h, w) with ``channel_mean``); differentiable.
     """
-    _check_pair(x, y)
-    if padding not in ("same", "valid"):
-        raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
-    if padding == "valid" and min(x.shape[-2:]) < window:
-        raise ValueError(f"images of {tuple(x.shape[-2:])} px are smaller than the {window}-px SSIM window")
-    g = gaussian_window(window, sigma, x.dtype, x.device)
-    c1 = (0.01 * data_range) ** 2
-    c2 = (0.03 * data_range) ** 2
+    g, c1, c2 = _ssim_setup(x, y, window, sigma, data_range, padding)
     c3 = c2 / 2
     mx, my = _local_mean(x, g, padding), _local_mean(y, g, padding)
     vx = (_local_mean(x * x, g, padding) - mx * mx).clamp_min(0)
@@ -140,14 +144,7 @@ def ssim(
     l·c·s with C3 = C2/2 exactly. ``padding="valid"`` (the reference implementation's choice) averages
     only where the window fits; images must then be at least ``window`` pixels on each side.
     """
-    _check_pair(x, y)
-    if padding not in ("same", "valid"):
-        raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
-    if padding == "valid" and min(x.shape[-2:]) < window:
-        raise ValueError(f"images of {tuple(x.shape[-2:])} px are smaller than the {window}-px SSIM window")
-    g = gaussian_window(window, sigma, x.dtype, x.device)
-    c1 = (0.01 * data_range) ** 2
-    c2 = (0.03 * data_range) ** 2
+    g, c1, c2 = _ssim_setup(x, y, window, sigma, data_range, padding)
     mx, my = _local_mean(x, g, padding), _local_mean(y, g, padding)
     vx = _local_mean(x * x, g, padding) - mx * mx
     vy = _local_mean(y * y, g, padding) - my * my
