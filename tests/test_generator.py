@@ -89,7 +89,7 @@ def test_errors(tiny, tmp_path):
             pass
 
 
-def test_every_builtin_generator_is_registered_and_runs():
+def test_every_builtin_generator_is_registered_with_a_trainer():
     names = available_generators()
     assert set(BUILTIN_GENERATORS) <= set(names)
     for name in BUILTIN_GENERATORS:

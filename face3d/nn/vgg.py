@@ -159,13 +159,9 @@ def load_vgg19(source: Union[str, os.PathLike, Mapping[str, Tensor], None] = Non
                 raise ValueError(f"{os.fspath(source)}: not a state dict")
         else:
             state = source
-        state = _features_state(state)
-        try:
-            missing, unexpected = net.load_state_dict(state, strict=False)
-        except RuntimeError as exc:  # shape mismatches
-            raise ValueError(f"VGG-19 weights do not fit: {str(exc).strip().splitlines()[-1].strip()}") from None
-        if missing or unexpected:
-            raise ValueError(f"VGG-19 weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        from face3d.regressor.backbones import load_frozen
+
+        return load_frozen(net, _features_state(state), "VGG-19", device)
     net.requires_grad_(False).eval()
     return net.to(device)
 

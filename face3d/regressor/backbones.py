@@ -343,6 +343,22 @@ def load_backbone_state(backbone: Backbone, source: Mapping[str, Tensor] | str |
     return sorted(k for k in state if k not in own and not k.startswith(head_prefix))
 
 
+def load_frozen(net: nn.Module, state: Mapping[str, Tensor], what: str,
+                device: torch.device | str | None = None) -> nn.Module:
+    """Load ``state`` into ``net`` exactly (every key, every shape) and freeze it
+    (``requires_grad=False``, eval mode) on ``device``: the fixed feature networks of the
+    losses (identity, perceptual). Raises ``ValueError`` "``what`` weights do not fit: …" in
+    one line on any mismatch."""
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise ValueError(f"{what} weights do not fit: {str(exc).strip().splitlines()[-1].strip()}") from None
+    if missing or unexpected:
+        raise ValueError(f"{what} weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    net.requires_grad_(False).eval()
+    return net.to(device)
+
+
 def load_state_file(path: str | os.PathLike) -> dict:
     """``torch.load(path, map_location="cpu", weights_only=True)`` with a clear error for a missing file."""
     p = os.fspath(path)

@@ -19,7 +19,7 @@ from typing import Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from face3d.regressor.backbones import load_state_file
+from face3d.regressor.backbones import load_frozen, load_state_file
 
 __all__ = ["IBasicBlock", "IResNet", "IDENTITY_ARCHS", "build_identity_net", "load_identity_net"]
 
@@ -110,11 +110,4 @@ def load_identity_net(source: str | os.PathLike | Mapping[str, Tensor], arch: st
     if "fc.weight" not in state:
         raise ValueError("identity weights lack 'fc.weight' (an arcface_torch IResNet backbone state dict expected)")
     net = build_identity_net(arch, embedding_dim=int(state["fc.weight"].shape[0]))
-    try:
-        missing, unexpected = net.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        raise ValueError(f"identity weights do not fit {arch}: {str(exc).splitlines()[-1].strip()}") from None
-    if missing or unexpected:
-        raise ValueError(f"identity weights do not fit {arch}: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    net.requires_grad_(False).eval()
-    return net.to(device)
+    return load_frozen(net, state, f"identity ({arch})", device)

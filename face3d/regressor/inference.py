@@ -117,11 +117,10 @@ def robust_crop_transform(landmarks: Tensor, model: MorphableModel, size: int, i
             better = n > best_n
             best_w = torch.where(better[:, None], w, best_w)
             best_n = torch.maximum(n, best_n)
-    w = best_w.clamp_min(1e-3)
-    for _ in range(iterations):
-        A = similarity_to_template(p[:, inner], q[inner], weights=w)
+    A = similarity_to_template(p[:, inner], q[inner], weights=best_w.clamp_min(1e-3))
+    for _ in range(iterations - 1):  # ``iterations`` weighted fits in all
         r = (transform_points(A, p[:, inner]) - q[inner]).norm(dim=-1)
-        w = 1.0 / (1.0 + (r / (0.5 * inlier * scale)) ** 2)
+        A = similarity_to_template(p[:, inner], q[inner], weights=1.0 / (1.0 + (r / (0.5 * inlier * scale)) ** 2))
     return A
 
 
@@ -227,8 +226,8 @@ def regress_faces(regressor: FaceRegressor, model: MorphableModel, photo: Tensor
     coeffs = regressor(crop.to(dev_reg)).to(dev, dt)
     params = FaceParams.split(coeffs, model)
 
-    R, t = crop_pose_to_photo(params.rotation(), params.camera_translation(), A, intrinsics, size)
     R_crop, t_crop = params.rotation(), params.camera_translation()
+    R, t = crop_pose_to_photo(R_crop, t_crop, A, intrinsics, size)
     Kc = aligned_camera(B, size, dt, dev)
 
     if fitter is None:
