@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from face3d.filters import push_pull_fill
+
 __all__ = ["add_arguments", "run", "evaluate_methods", "identity_baseline", "oracle_fill_baseline",
            "push_pull_fill", "generator_method", "format_table", "PSNR_CAP", "METRICS", "EvalResult"]
 
@@ -59,30 +61,6 @@ def identity_baseline(batch: dict) -> tuple:
 
     occ = batch["occluded"]
     return occ, torch.zeros_like(occ[:, :1])
-
-
-def push_pull_fill(image, known, levels: Optional[int] = None):
-    """Fill the pixels where ``known`` (B, 1, H, W) is 0 from the known pixels of ``image``
-    (B, C, H, W): a push-pull pyramid (masked 2×2 averages down, bilinear up, known pixels
-    kept at every level), so holes get a smooth blend of their surroundings."""
-    import torch.nn.functional as F
-
-    if levels is None:
-        levels = max(1, int(math.log2(max(image.shape[-2:]))))
-    w = known.to(image.dtype)
-    x = image * w
-    stack = []
-    for _ in range(levels):
-        stack.append((x, w))
-        if min(x.shape[-2:]) < 2:
-            break
-        x, w = F.avg_pool2d(x, 2, ceil_mode=True), F.avg_pool2d(w, 2, ceil_mode=True)
-    filled = x / w.clamp_min(1e-8)
-    for x_l, w_l in reversed(stack):
-        up = F.interpolate(filled, size=x_l.shape[-2:], mode="bilinear", align_corners=False)
-        # premultiplied blend: known colour where there is weight, the coarser fill elsewhere
-        filled = x_l + (1.0 - w_l.clamp(0, 1)) * up
-    return filled
 
 
 def oracle_fill_baseline(batch: dict) -> tuple:

@@ -49,6 +49,8 @@ __all__ = ["main", "build_parser", "EXTERNAL_COMMANDS"]
 EXTERNAL_COMMANDS: dict[tuple[Optional[str], str], tuple[str, str]] = {
     (None, "frontalize"): ("selfsup.commands", "rotate a face to the frontal pose and repair it"),
     (None, "deocclude"): ("selfsup.commands", "remove occluders from a face at its own pose"),
+    ("evaluate", "landmarks"): ("face3d.landmarks.evaluate",
+                                "fitted 68 points against ground truth per yaw bin (AFLW2000-3D protocol)"),
     ("evaluate", "deocc"): ("deocc.evaluate", "de-occlusion generators on held-out synthetic occlusions"),
 }
 
@@ -75,8 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--format", choices=[f[1:] for f in MESH_FORMATS], default="obj",
                      help="mesh format when OUT is a folder (default obj)")
     rec.add_argument("--model", help="morphable model: auto (default), ict, sfm, bfm, anny, or a .npz path")
-    rec.add_argument("--landmarks", choices=["auto", "dlib", "dlib-cnn", "fan", "fan3d", "file"],
+    rec.add_argument("--landmarks", choices=["auto", "cascade", "dlib", "dlib-cnn", "fan", "fan3d", "file"],
                      help="landmark detector (default auto)")
+    rec.add_argument("--bbox", metavar="x0,y0,x1,y1|FILE.json",
+                     help="face box(es) instead of detection: four numbers (pixel edges, framed like the box of "
+                          "the face's 68 points) for one image, or a JSON file {image name: box or [boxes]}")
     rec.add_argument("--texture-size", type=int, help="UV texture side in texels (default 1024)")
     rec.add_argument("--device", help="torch device, e.g. cpu or cuda (default cpu)")
     rec.add_argument("--detail", type=float, help="shape-from-shading detail strength 0..1 (default 1)")
@@ -197,6 +202,43 @@ def _reconstruct_config(args: argparse.Namespace):
     return cfg
 
 
+def parse_boxes(spec: Optional[str]):
+    """``--bbox``: None; four comma-separated numbers → a function giving that (1, 4) box for every
+    image; a JSON file ``{image name or path: [x0, y0, x1, y1] or [[...], ...]}`` → a function
+    looking the image up by path, then by name (None where it has no entry: detection runs)."""
+    import numpy as np
+
+    if spec is None:
+        return None
+    parts = spec.split(",")
+    if len(parts) == 4:
+        try:
+            box = np.array([float(v) for v in parts], np.float64)[None]
+        except ValueError:
+            raise UsageError(f"--bbox {spec!r}: expected x0,y0,x1,y1 numbers or a JSON file") from None
+        if not (np.isfinite(box).all() and box[0, 2] > box[0, 0] and box[0, 3] > box[0, 1]):
+            raise UsageError(f"--bbox {spec!r}: needs x1 > x0 and y1 > y0")
+        return lambda path: box
+    p = Path(spec)
+    try:
+        table = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"--bbox {spec!r}: neither x0,y0,x1,y1 nor an existing JSON file") from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--bbox {spec}: not a readable JSON file ({e})") from None
+    if not isinstance(table, dict):
+        raise UsageError(f"--bbox {spec}: expected a JSON object {{image name: box}}")
+    boxes = {}
+    for k, v in table.items():
+        a = np.asarray(v, np.float64)
+        if a.ndim == 1:
+            a = a[None]
+        if a.ndim != 2 or a.shape[1] != 4:
+            raise UsageError(f"--bbox {spec}: entry {k!r} is not a box [x0, y0, x1, y1] or a list of boxes")
+        boxes[k] = a
+    return lambda path: boxes.get(str(path), boxes.get(Path(path).name))
+
+
 def _check_writable_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -238,6 +280,9 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
         raise UsageError(f"{out}: the mesh format follows the extension; use one of {', '.join(MESH_FORMATS)}")
 
     cfg = _reconstruct_config(args)
+    boxes_for = parse_boxes(args.bbox)
+    if boxes_for is not None and batch and args.bbox.count(",") == 3:
+        raise UsageError("--bbox x0,y0,x1,y1 is for one image; give a JSON file of boxes for several")
     recon = Reconstructor(cfg)
     first_failure = 0
     from tqdm import tqdm
@@ -246,7 +291,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     for path in bar:
         try:
             image = load_image(path)
-            results, note = recon.reconstruct(image)
+            results, note = recon.reconstruct(image, boxes=boxes_for(path) if boxes_for else None)
             if note:
                 _note(note)
             records = []

