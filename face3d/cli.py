@@ -87,9 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--detail", type=float, help="shape-from-shading detail strength 0..1 (default 1)")
     rec.add_argument("--no-details", action="store_true", help="skip shape-from-shading detail")
     rec.add_argument("--all-faces", action="store_true", help="reconstruct every face, not just the largest")
-    rec.add_argument("--init", choices=["landmarks", "regressor"],
-                     help="start the fit from the landmarks (default) or from the learned regressor, whose "
-                          "landmarks then stand in for occluded or hidden detected points")
+    rec.add_argument("--init", choices=["auto", "landmarks", "regressor"],
+                     help="start the fit from the learned regressor, whose landmarks then stand in for "
+                          "occluded or hidden detected points, or from the landmarks alone; auto (default): the "
+                          "regressor when one ships for the model (or --regressor is given)")
     rec.add_argument("--regressor", help="regressor checkpoint for --init regressor (default: the shipped one)")
     rec.add_argument("--fov", type=float, help="assumed horizontal field of view of the camera, degrees (default 30)")
     rec.add_argument("--json", help="write the per-face parameters as JSON (file, or folder for several images)")
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "clean image) or stage 2 (teacher-student, from the stage-1 weights).")
     tr.add_argument("--data", help="folder of face photos")
     tr.add_argument("--synthetic", type=int, help="number of synthetic faces of the model")
+    tr.add_argument("--profiled", help="folder of face-profiled views (python -m face3d.synth.profiling)")
     tr.add_argument("--stage", type=int, choices=[1, 2], default=1, help="fine-tuning stage (default 1)")
     tr.add_argument("--config", help="YAML file of RegressorTrainConfig settings")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -375,7 +377,8 @@ def _check_run(cfg, args: argparse.Namespace) -> Path:
 def _regressor_train_config(args: argparse.Namespace):
     from face3d.regressor.train import RegressorTrainConfig
 
-    return _train_config(RegressorTrainConfig(), args, ("stage", "data", "synthetic", "init", "model", "backbone"))
+    return _train_config(RegressorTrainConfig(), args, ("stage", "data", "synthetic", "init", "model", "backbone",
+                                                        "profiled"))
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -383,10 +386,11 @@ def _run_train(args: argparse.Namespace) -> int:
     from face3d.training.checkpoint import find_checkpoint
 
     cfg = _regressor_train_config(args)
-    if not cfg.data and cfg.synthetic <= 0:
-        raise UsageError("train regressor needs training data: --data DIR and/or --synthetic N")
-    if cfg.data and not Path(cfg.data).is_dir():
-        raise MissingInputError(f"{cfg.data}: no such folder")
+    if not cfg.data and cfg.synthetic <= 0 and not cfg.profiled:
+        raise UsageError("train regressor needs training data: --data DIR, --profiled DIR and/or --synthetic N")
+    for folder in (cfg.data, cfg.profiled):
+        if folder and not Path(folder).is_dir():
+            raise MissingInputError(f"{folder}: no such folder")
     if cfg.stage == 2 and not cfg.init:
         raise UsageError("stage 2 starts teacher and student from the stage-1 weights: give --init CKPT")
     ckpts = _check_run(cfg, args)

@@ -59,9 +59,10 @@ class ReconstructConfig:
     * ``all_faces``: reconstruct every face instead of the largest.
     * ``detail``: strength of the shape-from-shading relief, 0 (none) … 1.
     * ``max_detect_side``: faces are found on a copy at most this large (px).
-    * ``init``: ``landmarks`` (LM from the closed-form pose and the mean face) or
+    * ``init``: ``landmarks`` (LM from the closed-form pose and the mean face),
       ``regressor`` (LM from the learned regressor, with its landmarks standing in where the
-      detected ones are unreliable; ``stand_in`` says when).
+      detected ones are unreliable; ``stand_in`` says when) or ``auto`` (the default: the
+      regressor when ``regressor`` is given or one ships for the model, else landmarks).
     * ``regressor``: regressor checkpoint for ``init="regressor"`` (None: the one shipped for
       the model, :func:`face3d.regressor.inference.default_regressor_path`).
     * ``regressor_passes``: the regressor first sees the face's box, then ``passes − 1`` times
@@ -75,7 +76,7 @@ class ReconstructConfig:
     all_faces: bool = False
     detail: float = 1.0
     max_detect_side: int = 1024
-    init: str = "landmarks"
+    init: str = "auto"
     regressor: Optional[str] = None
     regressor_passes: int = 2
     stand_in: StandInSettings = field(default_factory=StandInSettings)
@@ -89,8 +90,10 @@ class ReconstructConfig:
             raise ValueError(f"detail must be within 0..1, got {self.detail}")
         if not 1.0 <= self.fov_deg <= 120.0:
             raise ValueError(f"fov_deg must be within 1..120, got {self.fov_deg}")
-        if self.init not in ("landmarks", "regressor"):
-            raise ValueError(f"init must be 'landmarks' or 'regressor', got {self.init!r}")
+        if self.init not in ("auto", "landmarks", "regressor"):
+            raise ValueError(f"init must be 'auto', 'landmarks' or 'regressor', got {self.init!r}")
+        if self.regressor_passes < 1:
+            raise ValueError(f"regressor_passes must be at least 1, got {self.regressor_passes}")
 
 
 @dataclass
@@ -233,6 +236,22 @@ class Reconstructor:
         return self._detector
 
     @property
+    def init_mode(self) -> str:
+        """``landmarks`` or ``regressor``: the config's ``init`` with ``auto`` resolved."""
+        if self.config.init != "auto":
+            return self.config.init
+        if self.config.regressor:
+            return "regressor"
+        from face3d.errors import BackendUnavailableError
+        from face3d.regressor.inference import default_regressor_path
+
+        try:
+            default_regressor_path(self.model)
+        except BackendUnavailableError:
+            return "landmarks"
+        return "regressor"
+
+    @property
     def regressor(self):
         """The learned regressor of ``init="regressor"`` (loaded on first use)."""
         if self._regressor is None:
@@ -306,7 +325,7 @@ class Reconstructor:
         if self._fitter is None:
             self._fitter = LandmarkFitter(model, cfg.fit, device=dev)
         stand_in = None
-        if cfg.init == "regressor":
+        if self.init_mode == "regressor":
             from face3d.landmarks.cascade import face_box
             from face3d.regressor.inference import regress_boxes, stand_in_landmarks
 
@@ -372,5 +391,5 @@ class Reconstructor:
             vertices=fine_model[0].cpu(), triangles=sub.triangles.cpu(), uvs=sub.uvs(model.uvs).cpu(),
             uv_triangles=sub.uv_triangles.cpu(), coarse_vertices=shape[0].cpu(), texture=texture,
             albedo=photo_res.albedo[0].cpu(), occlusion=occlusion[0, 0].cpu(), fit_error_px=float(err),
-            timings_ms=timings, init=cfg.init, stand_in=stand_in,
+            timings_ms=timings, init=self.init_mode, stand_in=stand_in,
         )

@@ -14,6 +14,7 @@ from PIL import Image
 from face3d.errors import BackendUnavailableError, LandmarkFileError, NoFaceError, UsageError
 from face3d.imageio import load_image, rescale_points, resize_rgb
 from face3d.landmarks import (
+    CascadeDetector,
     BACKENDS,
     DetectedFace,
     DlibDetector,
@@ -355,13 +356,15 @@ def test_file_backend_side_files(tmp_path, faces_dir):
 
 def test_registry(monkeypatch, tmp_path, dlib_hog):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no FAN weights cached here
-    assert set(BACKENDS) == {"auto", "dlib", "dlib-cnn", "fan", "fan3d", "file"}
+    assert set(BACKENDS) == {"auto", "cascade", "dlib", "dlib-cnn", "fan", "fan3d", "file"}
     status = available_backends()
     assert status["dlib"] is None and status["file"] is None and status["fan"] is not None
+    assert status["cascade"] is None
     auto = get_detector("auto")
-    assert isinstance(auto, DlibDetector) and auto.name == "dlib" and auto.max_detect_side == 1024
+    assert isinstance(auto, CascadeDetector) and auto.name == "cascade" and auto.max_detect_side == 1024
+    assert isinstance(get_detector("dlib"), DlibDetector)
     assert isinstance(get_detector("file"), FileLandmarks)
-    with pytest.raises(UsageError, match="unknown landmark backend 'retina'; choose one of auto, dlib"):
+    with pytest.raises(UsageError, match="unknown landmark backend 'retina'; choose one of auto, cascade, dlib"):
         get_detector("retina")
     with pytest.raises(UsageError):
         get_detector("auto", upsample=2)

@@ -76,10 +76,26 @@ def test_stand_in_takes_hidden_points_at_large_yaw_only():
     truth = torch.rand(1, 68, 2, dtype=torch.float64) * 200 + 100
     visible = torch.ones(1, 68, dtype=torch.bool)
     visible[0, :8] = False                                                        # the far jaw
+    hidden_only = StandInSettings(regressor_only_deg=None)
     for yaw, expect in ((20.0, 0), (60.0, 8), (-70.0, 8)):
-        _, _, replaced = stand_in_landmarks(truth, _estimate(truth.clone(), yaw, visible))
+        _, _, replaced = stand_in_landmarks(truth, _estimate(truth.clone(), yaw, visible), hidden_only)
         assert int(replaced.sum()) == expect
         assert bool(replaced[0, :8].all()) == (expect == 8)
+
+
+def test_regressor_only_beyond_its_yaw():
+    """From ``regressor_only_deg`` on, every point is the regressor's, at full weight."""
+    truth = torch.rand(1, 68, 2, dtype=torch.float64) * 200 + 100
+    reg = truth + 3.0
+    visible = torch.ones(1, 68, dtype=torch.bool)
+    s = StandInSettings(regressor_only_deg=35.0)
+    for yaw, expect in ((20.0, 0), (-34.0, 0), (36.0, 68), (-80.0, 68)):
+        out, w, replaced = stand_in_landmarks(truth, _estimate(reg.clone(), yaw, visible), s)
+        assert int(replaced.sum()) == expect
+        if expect:
+            assert torch.allclose(out, reg) and bool((w == 1).all())
+        else:
+            assert torch.allclose(out, truth)
 
 
 def test_lm_started_at_the_truth_stays_there_in_fewer_iterations(toy):
@@ -121,8 +137,11 @@ def test_regress_faces_runs_on_a_photo_batch(toy):
 
 
 def test_default_regressor_for_an_unknown_model_says_how_to_train_one():
-    with pytest.raises(FileNotFoundError, match="train regressor"):
+    from face3d.errors import BackendUnavailableError
+
+    with pytest.raises(BackendUnavailableError, match="train regressor") as ei:
         default_regressor_path("sfm")
+    assert ei.value.exit_code == 6
 
 
 # --------------------------------------------------------------------------- the shipped regressor

@@ -7,13 +7,14 @@ stops at the first that finds a face:
 
 1. **hog** — dlib HOG + linear SVM (upsampled once for images under ``hog_upsample_below``
    pixels, so faces down to ≈ 40 px are found);
-2. **haar** — OpenCV's frontal and profile Haar cascades (the profile one on the image and its
-   mirror, since it only knows left-facing profiles), each candidate then *verified* by dlib's
-   CNN (MMOD) detector on a small window around it: Haar cascades fire on textures, the CNN
-   check keeps them honest at a fraction of a full CNN pass;
-3. **cnn** — dlib's MMOD CNN on a copy downscaled to ``cnn_side`` pixels (its cost grows
+2. **cnn** — dlib's MMOD CNN on a copy downscaled to ``cnn_side`` pixels (its cost grows
    with the pixel count, ≈ 10 µs per pixel on one core here; it found 100 / 96 / 100 % of the
-   same AFLW crops).
+   same AFLW crops), so it sees faces of at least ≈ 80 px at that scale;
+3. **haar** — for faces too small for that copy: OpenCV's frontal and profile Haar cascades
+   (the profile one on the image and its mirror, since it only knows left-facing profiles),
+   each candidate *verified* by the CNN on a small window around it, zoomed so the face is
+   ``verify_side`` pixels: Haar cascades fire on textures, the check keeps them honest at a
+   fraction of a full-resolution CNN pass.
 
 Framing. The 68-point shape predictor was trained on HOG boxes; CNN and Haar boxes are framed
 differently (dlib's raw points on MMOD boxes sit ≈ 12 px left of the truth on 450-px AFLW
@@ -104,7 +105,7 @@ class CascadeSettings:
     * ``max_faces``: at most this many boxes are kept (largest first).
     """
 
-    stages: tuple[str, ...] = ("hog", "haar", "cnn")
+    stages: tuple[str, ...] = ("hog", "cnn", "haar")
     hog_upsample_below: int = 1_000_000
     hog_min_score: float = 0.0
     haar_min_neighbors: int = 4

@@ -256,7 +256,7 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gt-box", action="store_true",
                         help="hand the pipeline the ground-truth face box instead of detecting")
     parser.add_argument("--landmarks", help="landmark source (reconstruct's --landmarks; default auto)")
-    parser.add_argument("--init", choices=["landmarks", "regressor"], help="LM start (reconstruct's --init)")
+    parser.add_argument("--init", choices=["auto", "landmarks", "regressor"], help="LM start (reconstruct's --init)")
     parser.add_argument("--regressor", help="regressor checkpoint for --init regressor")
     parser.add_argument("--model", help="morphable model (default auto)")
     parser.add_argument("--config", help="YAML of ReconstructConfig settings")

@@ -52,13 +52,16 @@ def default_regressor_path(model: Union[str, MorphableModel]) -> Path:
     """The shipped regressor for ``model`` (a name or a model).
 
     Raises:
-        FileNotFoundError: no regressor ships for this model (the message says how to train one).
+        BackendUnavailableError: no regressor ships for this model (exit code 6; the message
+            says how to train one).
     """
+    from face3d.errors import BackendUnavailableError
+
     name = model if isinstance(model, str) else model.name
     assets = Path(__file__).resolve().parents[2] / "assets" / "regressor"
     if name in DEFAULT_REGRESSORS and (assets / DEFAULT_REGRESSORS[name]).is_file():
         return assets / DEFAULT_REGRESSORS[name]
-    raise FileNotFoundError(f"no default regressor for model {name!r} (shipped: "
+    raise BackendUnavailableError(f"no default regressor for model {name!r} (shipped: "
                             f"{', '.join(DEFAULT_REGRESSORS) or 'none'}); train one with `python cli.py train "
                             f"regressor --synthetic N --model {name}` and pass it with --regressor")
 

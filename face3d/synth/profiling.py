@@ -191,12 +191,14 @@ def build_profiled_set(folders: Sequence[str], out_dir: str, model: MorphableMod
     items: list[tuple[PhotoFolderDataset, int, str]] = []
     for folder in folders:
         # near-frontal sources: dlib HOG frames them as its 68-point predictor expects
-        ds = PhotoFolderDataset(folder, cache, PhotoDatasetConfig(size=size, model=model.name, template="model", landmarks="dlib",
-                                                                  recursive=True), model=model, progress=progress)
+        pcfg = PhotoDatasetConfig(size=size, model=model.name, template="model", landmarks="dlib", recursive=True)
+        ds = PhotoFolderDataset(folder, cache, pcfg, model=model, progress=progress)
+        if folder_filter is not None:  # before prepare(): excluded photos are never even detected
+            ds.files = [f for f in ds.files if folder_filter(f)]
+            if not ds.files:
+                continue
         ds.prepare()
         for i, (path, _, j) in enumerate(ds.items):
-            if folder_filter is not None and not folder_filter(path):
-                continue
             items.append((ds, i, f"{path}#{j}"))
     mesh = closed_mesh(model)
     max_err = config.max_fit_error_px * size / ALIGNED_SIZE
