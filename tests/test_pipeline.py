@@ -67,3 +67,34 @@ def test_outputs_reload_with_texture(ict_model, shared_data, tmp_path):
     rec = face.to_json()
     assert set(rec) >= {"bbox", "score", "landmarks_detected", "landmarks_fitted", "pose", "coefficients", "timings_ms"}
     assert set(rec["timings_ms"]) >= {"fit", "photometric", "texture", "detail"}
+
+
+def test_landmark_visibility_self_and_object(ict_model):
+    """At 70° of yaw the far jaw faces away (self-occluded) and the near jaw is seen; an
+    occlusion map over the mouth marks the mouth points as hidden by an object."""
+    import math
+
+    import torch
+
+    from face3d.camera import Intrinsics, euler_to_matrix, project, transform
+    from face3d.model_zoo import load_model
+    from face3d.pipeline import landmark_visibility
+
+    model = load_model(str(ict_model))
+    R = euler_to_matrix(torch.tensor([70.0]), torch.zeros(1), torch.zeros(1))
+    centre = (R.to(model.dtype) @ model.landmarks(model.shape())[0].mean(0))[0]
+    t = torch.tensor([[-float(centre[0]), -float(centre[1]), 900.0]], dtype=model.dtype)  # landmarks centred
+    cam = transform(model.shape(), R.to(model.dtype), t)
+    K = Intrinsics.default(1000, 1000, batch=1, dtype=model.dtype)
+    lm = project(model.landmarks(cam), K)[0]
+    assert bool(((lm > 0) & (lm < 1000)).all())
+    vis = landmark_visibility(cam, model, lm, torch.zeros(1000, 1000))
+    far, near = (vis[:5], vis[12:17]) if float(lm[0, 0]) > float(lm[16, 0]) else (vis[12:17], vis[:5])
+    assert (far == 1).mean() >= 0.6 and (near == 0).all(), vis
+    occ = torch.zeros(1000, 1000)
+    mouth = lm[48:68].round().long()
+    occ[mouth[:, 1].min() - 3:mouth[:, 1].max() + 4, mouth[:, 0].min() - 3:mouth[:, 0].max() + 4] = 1.0
+    vis2 = landmark_visibility(cam, model, lm, occ)
+    assert ((vis2[48:68] == 2) | (vis[48:68] == 1)).all() and (vis2[48:68] == 2).mean() > 0.5
+    assert (vis2[:48][vis[:48] == 0] != 2).mean() > 0.8
+    assert math.isfinite(float(lm.sum()))

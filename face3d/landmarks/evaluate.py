@@ -110,7 +110,10 @@ def summarize(results: Sequence[ImageResult]) -> dict[str, Any]:
     out["nme_other_points"] = float(np.concatenate(vis_e).mean()) if vis_e else float("nan")
     out["labelled_images"] = len(occ_e)
     stages = sorted({k for r in results for k in r.time_ms})
+    # mean over every image (a stage that did not run costs 0 there), and how often it ran
     out["ms_per_image"] = {k: float(np.mean([r.time_ms.get(k, 0.0) for r in results])) for k in stages}
+    out["runs_per_stage"] = {k: sum(k in r.time_ms for r in results) for k in stages}
+    out["found_by"] = {d: sum(r.detector == d for r in found) for d in sorted({r.detector for r in found})}
     return out
 
 
@@ -128,8 +131,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"points hidden by an object: NME {100 * summary['nme_externally_occluded_points']:.2f} %, "
                      f"other points {100 * summary['nme_other_points']:.2f} % "
                      f"({summary['labelled_images']} labelled images)")
+    if summary.get("found_by"):
+        lines.append("faces found by: " + ", ".join(f"{k} {v}" for k, v in summary["found_by"].items()))
     if summary.get("ms_per_image"):
-        lines.append("ms per image: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["ms_per_image"].items()))
+        runs = summary.get("runs_per_stage", {})
+        lines.append("ms per image (stage: mean over all images, runs): " + ", ".join(
+            f"{k} {v:.0f} ({runs.get(k, '?')})" for k, v in summary["ms_per_image"].items()))
     return "\n".join(lines)
 
 
@@ -206,6 +213,9 @@ def _evaluate_one(sample: LandmarkSample) -> ImageResult:
         boxes = [sample.box] if _WORKER["gt_box"] else None
         faces = recon.detect_faces(image, boxes=boxes)
         res.time_ms["detect"] = (time.perf_counter() - t0) * 1000.0
+        stage_detector = recon.box_landmarker if boxes is not None else recon.detector
+        for k, v in getattr(stage_detector, "last_timings_ms", {}).items():
+            res.time_ms[f"detect.{k}"] = v
         face = _matching(faces, sample.landmarks) if faces else None
         if face is None:
             res.error = "no face found" if not faces else f"{len(faces)} face(s) found, none at the ground truth"
