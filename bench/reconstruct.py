@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--texture-size", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")
     parser.add_argument("--limit", type=int, default=8)
-    parser.add_argument("--init", choices=["landmarks", "regressor"], default="landmarks",
+    parser.add_argument("--init", choices=["auto", "landmarks", "regressor"], default="auto",
                         help="how LM starts (regressor: the shipped one, adds its stage)")
     parser.add_argument("--shared", default=os.environ.get("FACE3D_SHARED", str(REPO.parent / "shared")))
     args = parser.parse_args()

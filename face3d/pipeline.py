@@ -317,17 +317,8 @@ class Reconstructor:
     def reconstruct(self, image: LoadedImage, faces: Optional[list[DetectedFace]] = None,
                     boxes: Optional[Any] = None) -> tuple[list[FaceReconstruction], Optional[str]]:
         """Reconstruct the faces of ``image`` (detected unless given as ``faces`` or ``boxes``)."""
-        timings: dict[str, float] = {}
-        note = None
-        if faces is None:
-            with _timer(timings, "detect"):
-                faces, note = self.detect(image, boxes)
-        photo = image_to_tensor(image.rgb).to(self.device)
-        results = []
-        for face in faces:
-            per_face = dict(timings)
-            results.append(self._one_face(photo, face, per_face))
-        return results, note
+        faces, note, photo, timings = self._faces_and_photo(image, faces, boxes)
+        return [self._one_face(photo, face, dict(timings)) for face in faces], note
 
     def align(self, image: LoadedImage, faces: Optional[list[DetectedFace]] = None, boxes: Optional[Any] = None
               ) -> tuple[list["FaceAlignment"], Optional[str]]:
@@ -335,13 +326,17 @@ class Reconstructor:
         regressor with ``init="regressor"``, and the LM fit; no rendering. This is what
         ``evaluate landmarks`` measures and what :meth:`reconstruct` starts from. ``boxes``:
         face boxes instead of detection (:meth:`detect_faces`)."""
+        faces, note, photo, timings = self._faces_and_photo(image, faces, boxes)
+        return [self._align_face(photo, face, dict(timings)) for face in faces], note
+
+    def _faces_and_photo(self, image: LoadedImage, faces: Optional[list[DetectedFace]], boxes: Optional[Any]):
+        """The faces to work on (detected, timed, unless given), the note and the photo tensor."""
         timings: dict[str, float] = {}
         note = None
         if faces is None:
             with _timer(timings, "detect"):
                 faces, note = self.detect(image, boxes)
-        photo = image_to_tensor(image.rgb).to(self.device)
-        return [self._align_face(photo, face, dict(timings)) for face in faces], note
+        return faces, note, image_to_tensor(image.rgb).to(self.device), timings
 
     # -- stages ------------------------------------------------------------------------
     def _align_face(self, photo: torch.Tensor, face: DetectedFace, timings: dict[str, float]) -> "FaceAlignment":

@@ -5,7 +5,7 @@
 #    001-400 (401-450 are held out for `evaluate frontalize`) and the identity-labelled photo
 #    folders of ../shared, fitted and turned to yaws up to ±90°, two views each (cached in
 #    runs/profiled-ict-112; about 30 min on one core, most of it detection and fitting);
-# 2. 1500 steps of CFR-GAN stage 1 from the default regressor on those views mixed with
+# 2. 1000 steps of CFR-GAN stage 1 from the default regressor on those views mixed with
 #    synthetic faces (assets/configs/regressor_profiled.yaml);
 # 3. `evaluate landmarks` on ../shared/data/faces/aflw2000_dev (evaluation only: never trained on).
 # REGRESSOR_OUT=path.pt writes the result elsewhere than the shipped file.

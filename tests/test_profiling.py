@@ -117,3 +117,24 @@ def test_coefficient_loss_geometry_only():
     assert float(coefficient_loss(pred, truth, scale, sizes, torch.tensor([True, True]))) == pytest.approx(0.0)
     pred[1, 0] = 2.0       # α wrong on one item counts whatever its kind
     assert float(coefficient_loss(pred, truth, scale, sizes, torch.tensor([True, True]))) == pytest.approx(1.0)
+
+
+def test_crop_validity_and_no_black_cap(ict):
+    """A crop reaching past the photo's top edge: the turned view is filled there from the
+    photo's own pixels, never black."""
+    from face3d.synth.faces import SyntheticFaceConfig, SyntheticFaces
+    from face3d.synth.profiling import crop_validity
+
+    A = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 20.0]])  # the photo starts at crop row 20
+    v = crop_validity(A, (112, 112), 112)
+    assert float(v[0, 0, :19].sum()) == 0 and float(v[0, 0, 21:].min()) == 1
+    faces = SyntheticFaces(ict, SyntheticFaceConfig(image_size=112, yaw_deg=(-5, 5)), seed=5)
+    batch = faces.sample(1)
+    src = batch.params.to(ict.device, ict.dtype)
+    crop = batch.image.to(ict.dtype).clone()
+    crop[:, :, :20] = 0.0  # what warp_to_aligned gives past the edge
+    tgt = turn_about_landmarks(src, ict, torch.tensor([45.0]), src.angles[:, 1].rad2deg(), torch.zeros(1))
+    plain = profile_faces(crop, src, tgt, ict)
+    fixed = profile_faces(crop, src, tgt, ict, source_valid=v)
+    dark = lambda im: float((im[:, :, :20].amax(1) < 0.02).float().mean())  # noqa: E731
+    assert dark(plain.image) > 0.3 and dark(fixed.image) < 0.05

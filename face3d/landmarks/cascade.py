@@ -9,7 +9,8 @@ stops at the first that finds a face:
    pixels, so faces down to ≈ 40 px are found);
 2. **cnn** — dlib's MMOD CNN on a copy downscaled to ``cnn_side`` pixels (its cost grows
    with the pixel count, ≈ 10 µs per pixel on one core here; it found 100 / 96 / 100 % of the
-   same AFLW crops), so it sees faces of at least ≈ 80 px at that scale;
+   same AFLW crops at their full 450 px), so it sees faces of at least ≈ 80 px at that scale;
+   where it finds nothing it looks once more at up to ``cnn_retry_side`` pixels;
 3. **haar** — for faces too small for that copy: OpenCV's frontal and profile Haar cascades
    (the profile one on the image and its mirror, since it only knows left-facing profiles),
    each candidate *verified* by the CNN on a small window around it, zoomed so the face is
@@ -100,7 +101,9 @@ class CascadeSettings:
     * ``haar_min_face``: smallest candidate side, pixels.
     * ``verify_side``: the CNN check of a Haar candidate runs on a window 2× its size, resized
       so the face is this many pixels (MMOD finds faces from ≈ 80 px).
-    * ``cnn_side``: the full CNN stage runs on a copy whose longer side is at most this.
+    * ``cnn_side``: the full CNN stage runs on a copy whose longer side is at most this;
+      ``cnn_retry_side`` (None: never): where that finds nothing, once more at up to this side
+      (≈ 4× the cost, spent only on the photos still without a face).
     * ``cnn_min_score``: MMOD confidence threshold.
     * ``max_faces``: at most this many boxes are kept (largest first).
     """
@@ -112,6 +115,7 @@ class CascadeSettings:
     haar_min_face: int = 40
     verify_side: int = 110
     cnn_side: int = 320
+    cnn_retry_side: Optional[int] = 640
     cnn_min_score: float = 0.0
     max_faces: int = 16
 
@@ -125,21 +129,31 @@ class CascadeSettings:
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float = 0.4) -> np.ndarray:
     """Indices kept by greedy non-maximum suppression (highest score first)."""
-    order = np.argsort(-scores)
     keep: list[int] = []
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    for i in order:
-        ok = True
-        for j in keep:
-            xx0, yy0 = np.maximum(boxes[i, :2], boxes[j, :2])
-            xx1, yy1 = np.minimum(boxes[i, 2:], boxes[j, 2:])
-            inter = max(0.0, xx1 - xx0) * max(0.0, yy1 - yy0)
-            if inter / max(area[i] + area[j] - inter, 1e-9) > iou:
-                ok = False
-                break
-        if ok:
+    for i in np.argsort(-scores):
+        if all(_iou(boxes[i], boxes[j]) <= iou for j in keep):
             keep.append(int(i))
     return np.asarray(keep, dtype=np.int64)
+
+
+def _window(rgb: np.ndarray, box: np.ndarray, max_side: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The part of ``rgb`` within a square twice ``box``'s longer side around its centre, resized
+    so its longer side is at most ``max_side``: ``(pixels, scale (sx, sy, sx, sy) back to the
+    window, offset (x0, y0, x0, y0) of the window)`` — a box b found in the pixels is
+    ``(b + 0.5) * scale - 0.5 + offset`` in ``rgb``. Pixels are empty for a tiny window."""
+    h, w = rgb.shape[:2]
+    c = 0.5 * (box[:2] + box[2:])
+    side = 2.0 * max(box[2] - box[0], box[3] - box[1])
+    x0, y0 = int(max(0, np.floor(c[0] - side / 2))), int(max(0, np.floor(c[1] - side / 2)))
+    x1, y1 = int(min(w, np.ceil(c[0] + side / 2))), int(min(h, np.ceil(c[1] + side / 2)))
+    win = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+    if min(win.shape[:2]) < 16:
+        return win[:0], np.ones(4), np.zeros(4)
+    k = max_side / max(win.shape[:2])
+    small = win if abs(k - 1.0) < 1e-9 else resize_rgb(win, (max(1, round(win.shape[1] * k)),
+                                                             max(1, round(win.shape[0] * k))))
+    sx, sy = win.shape[1] / small.shape[1], win.shape[0] / small.shape[0]
+    return small, np.array([sx, sy, sx, sy]), np.array([x0, y0, x0, y0], np.float64)
 
 
 class CascadeDetector(LandmarkDetector):
@@ -214,33 +228,30 @@ class CascadeDetector(LandmarkDetector):
 
     def _stage_cnn(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, w = rgb.shape[:2]
-        k = min(1.0, self.settings.cnn_side / max(h, w))
-        small = rgb if k >= 1.0 else resize_rgb(rgb, (max(1, round(w * k)), max(1, round(h * k))))
-        boxes, scores = self._cnn_boxes(small)
-        if k < 1.0 and len(boxes):
-            sx, sy = w / small.shape[1], h / small.shape[0]
-            boxes = (boxes + 0.5) * np.array([sx, sy, sx, sy]) - 0.5
-        return to_hog_framing(boxes, "cnn"), scores
+        sides = [self.settings.cnn_side]
+        if self.settings.cnn_retry_side and max(h, w) > self.settings.cnn_side:
+            sides.append(min(self.settings.cnn_retry_side, max(h, w)))
+        for side in sides:  # a second, finer pass only where the first found nothing
+            k = min(1.0, side / max(h, w))
+            small = rgb if k >= 1.0 else resize_rgb(rgb, (max(1, round(w * k)), max(1, round(h * k))))
+            boxes, scores = self._cnn_boxes(small)
+            if len(boxes):
+                if k < 1.0:
+                    sx, sy = w / small.shape[1], h / small.shape[0]
+                    boxes = (boxes + 0.5) * np.array([sx, sy, sx, sy]) - 0.5
+                return to_hog_framing(boxes, "cnn"), scores
+        return np.zeros((0, 4)), np.zeros(0)
 
     def _verify(self, rgb: np.ndarray, box: np.ndarray) -> Optional[tuple[np.ndarray, float]]:
         """The CNN on a window twice the size of ``box``: its box (full-image px, CNN framing) or None."""
-        h, w = rgb.shape[:2]
-        c = 0.5 * (box[:2] + box[2:])
-        side = 2.0 * max(box[2] - box[0], box[3] - box[1])
-        x0, y0 = int(max(0, np.floor(c[0] - side / 2))), int(max(0, np.floor(c[1] - side / 2)))
-        x1, y1 = int(min(w, np.ceil(c[0] + side / 2))), int(min(h, np.ceil(c[1] + side / 2)))
-        win = rgb[y0:y1, x0:x1]
-        if win.shape[0] < 16 or win.shape[1] < 16:
+        small, scale, offset = _window(rgb, box, 2.0 * self.settings.verify_side)
+        if not small.size:
             return None
-        k = 2.0 * self.settings.verify_side / max(win.shape[:2])
-        small = resize_rgb(np.ascontiguousarray(win), (max(1, round(win.shape[1] * k)), max(1, round(win.shape[0] * k))))
         boxes, scores = self._cnn_boxes(small)
         if not len(boxes):
             return None
         i = int(np.argmax(scores))
-        sx, sy = win.shape[1] / small.shape[1], win.shape[0] / small.shape[0]
-        b = (boxes[i] + 0.5) * np.array([sx, sy, sx, sy]) - 0.5 + np.array([x0, y0, x0, y0])
-        return b, float(scores[i])
+        return (boxes[i] + 0.5) * scale - 0.5 + offset, float(scores[i])
 
     def _stage_haar(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         models = self._haar_models()
@@ -339,21 +350,15 @@ class CascadeDetector(LandmarkDetector):
 
     def _hog_near(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
         """HOG's box overlapping ``box`` most (IoU ≥ 0.4) in a window twice its size, else ``box``."""
-        h, w = rgb.shape[:2]
-        c = 0.5 * (box[:2] + box[2:])
+        # HOG's smallest face is ≈ 80 px (40 upsampled): a 320-px window leaves room and stays fast
         side = 2.0 * max(box[2] - box[0], box[3] - box[1])
-        x0, y0 = int(max(0, np.floor(c[0] - side / 2))), int(max(0, np.floor(c[1] - side / 2)))
-        x1, y1 = int(min(w, np.ceil(c[0] + side / 2))), int(min(h, np.ceil(c[1] + side / 2)))
-        win = np.ascontiguousarray(rgb[y0:y1, x0:x1])
-        if min(win.shape[:2]) < 32:
+        small, scale, offset = _window(rgb, box, min(320.0, side))
+        if not small.size:
             return box
-        k = min(1.0, 320.0 / max(win.shape[:2]))  # HOG's smallest face is ≈ 80 px: 320 leaves room
-        small = win if k >= 1.0 else resize_rgb(win, (max(1, round(win.shape[1] * k)), max(1, round(win.shape[0] * k))))
         found, _ = self._stage_hog(small)
         if not len(found):
             return box
-        sx, sy = win.shape[1] / small.shape[1], win.shape[0] / small.shape[0]
-        found = (found + 0.5) * np.array([sx, sy, sx, sy]) - 0.5 + np.array([x0, y0, x0, y0])
+        found = (found + 0.5) * scale - 0.5 + offset
         ious = [_iou(f, box) for f in found]
         i = int(np.argmax(ious))
         return found[i] if ious[i] >= 0.4 else box

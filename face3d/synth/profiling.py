@@ -17,7 +17,9 @@ Here, per view (everything in the aligned crop of :mod:`face3d.coefficients`, SÂ
    around it by push-pull interpolation, so no second face shows behind the turned one (a
    simpler stand-in for 300W-LP's 2-D anchor warp of the background; hair and ears outside the
    model stay where they were, blurred where the face used to be);
-4. face pixels the source never saw (self-occlusion, grazing angles) are filled the same way.
+4. face pixels the source never saw (self-occlusion, grazing angles) are filled the same way,
+   and so is whatever the aligned crop took from past the photo's edge (tight face chips such
+   as UTKFace's): it would otherwise turn into a black cap on the forehead.
 
 Labels: the target :class:`~face3d.coefficients.FaceParams` (identity and expression of the
 fit, the new pose; albedo and light are not known: zero) and the model's 68 landmark vertices
@@ -46,7 +48,8 @@ from face3d.coefficients import ALIGNED_DISTANCE_MM, ALIGNED_SIZE, FaceParams, a
 from face3d.filters import dilate, push_pull_fill
 from face3d.morphable_model import MorphableModel
 
-__all__ = ["ProfilingConfig", "ProfiledFaces", "turn_about_landmarks", "profile_faces", "sample_target_poses",
+__all__ = ["ProfilingConfig", "ProfiledFaces", "turn_about_landmarks", "crop_validity", "profile_faces",
+           "sample_target_poses",
            "build_profiled_set", "ProfiledFaceDataset"]
 
 
@@ -115,22 +118,41 @@ def turn_about_landmarks(params: FaceParams, model: MorphableModel, yaw_deg: Ten
     return replace(target, translation=t - t.new_tensor([0.0, 0.0, ALIGNED_DISTANCE_MM]))
 
 
+def crop_validity(transform: Tensor, photo_size: tuple[int, int], size: int) -> Tensor:
+    """(1, 1, S, S) 1 where the crop pixel comes from inside the photo, 0 where the aligned crop
+    ``transform`` (2, 3) (photo px â†’ crop px) reaches past the photo's edge (``photo_size`` (W, H))."""
+    from face3d.align import invert_similarity, transform_points
+
+    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
+                            indexing="ij")
+    grid = torch.stack([xs, ys], -1).reshape(1, -1, 2)
+    p = transform_points(invert_similarity(transform.double().reshape(1, 2, 3)), grid)[0]
+    w, h = photo_size
+    inside = (p[:, 0] >= -0.5) & (p[:, 0] <= w - 0.5) & (p[:, 1] >= -0.5) & (p[:, 1] <= h - 0.5)
+    return inside.reshape(1, 1, size, size).float()
+
+
 @torch.no_grad()
 def profile_faces(crop: Tensor, source: FaceParams, target: FaceParams, model: MorphableModel,
-                  dilate_px: int = 3, mesh=None) -> ProfiledFaces:
+                  dilate_px: int = 3, mesh=None, source_valid: Optional[Tensor] = None) -> ProfiledFaces:
     """Render the photo crop(s) ``crop`` (B, 3, S, S), fitted by ``source``, at ``target``'s pose
-    (module doc, steps 2-4). ``target``'s shape is taken from ``source``."""
+    (module doc, steps 2-4). ``target``'s shape is taken from ``source``. ``source_valid``
+    (B, 1, S, S): where ``crop`` holds photo pixels (:func:`crop_validity`; aligned crops of
+    tight photos reach past their edges): the rest is filled like the unseen face, never
+    carried onto the turned face as black."""
     from face3d.camera import project, transform
     from face3d.rotate_render import closed_mesh, project_photo
 
     mesh = mesh or closed_mesh(model)
     size = int(crop.shape[-1])
     src_view = project_photo(crop, source, model, source, mesh=mesh)
-    view = project_photo(crop, source, model, target, mesh=mesh)
+    view = project_photo(crop, source, model, target, mesh=mesh,
+                         valid=None if source_valid is None else source_valid.to(crop))
     r = max(1, round(dilate_px * size / ALIGNED_SIZE))
     old_face = dilate(src_view.face_mask.to(crop), r).clamp(0, 1)
-    background = push_pull_fill(crop, 1.0 - old_face)
-    background = crop * (1.0 - old_face) + background * old_face
+    keep = 1.0 - old_face if source_valid is None else (1.0 - old_face) * source_valid.to(crop)
+    background = push_pull_fill(crop, keep)
+    background = crop * keep + background * (1.0 - keep)
     face = view.face_mask.to(crop)
     known = view.valid.to(crop)
     composite = background * (1.0 - face) + view.image.to(crop) * known
@@ -224,10 +246,11 @@ def build_profiled_set(folders: Sequence[str], out_dir: str, model: MorphableMod
     def run_batch() -> None:
         nonlocal total
         crops = torch.stack([p["image"] for p in pending]).to(model.dtype)
+        valid = torch.cat([p["valid"] for p in pending]).to(model.dtype)
         src = FaceParams.split(torch.stack([p["params"] for p in pending]).to(model.dtype), model)
         yaw, pitch, roll, shift = sample_target_poses(src, config, size, rng)
         tgt = turn_about_landmarks(src, model, yaw, pitch, roll, shift)
-        res = profile_faces(crops, src, tgt, model, config.dilate_px, mesh=mesh)
+        res = profile_faces(crops, src, tgt, model, config.dilate_px, mesh=mesh, source_valid=valid)
         imgs = (res.image.permute(0, 2, 3, 1).clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
         prm = res.params.join().float().numpy()
         lms = res.landmarks.float().numpy()
@@ -247,8 +270,15 @@ def build_profiled_set(folders: Sequence[str], out_dir: str, model: MorphableMod
                 float(it["fit_error"]) > max_err:
             bar.update(views)
             continue
+        from PIL import Image
+
+        with Image.open(ds.items[i][0]) as im:  # the header only: where the crop has photo pixels
+            w, h = im.size
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF-rotated by a quarter turn on load
+                w, h = h, w
+        valid = crop_validity(it["transform"], (w, h), size)
         for _ in range(views):
-            pending.append({"image": it["image"], "params": it["params"], "name": name})
+            pending.append({"image": it["image"], "params": it["params"], "name": name, "valid": valid})
             if len(pending) >= batch_size:
                 run_batch()
     if pending:
