@@ -66,7 +66,8 @@ class ReconstructConfig:
     * ``regressor``: regressor checkpoint for ``init="regressor"`` (None: the one shipped for
       the model, :func:`face3d.regressor.inference.default_regressor_path`).
     * ``regressor_passes``: the regressor first sees the face's box, then ``passes − 1`` times
-      the crop its own estimate frames (:func:`face3d.regressor.inference.regress_boxes`).
+      either the robust crop of the detected points (near-frontal estimates) or the crop its
+      own estimate frames (:func:`face3d.regressor.inference.regress_detected`).
     """
 
     model: str = "auto"
@@ -351,12 +352,12 @@ class Reconstructor:
         stand_in = None
         if self.init_mode == "regressor":
             from face3d.landmarks.cascade import face_box
-            from face3d.regressor.inference import regress_boxes, stand_in_landmarks
+            from face3d.regressor.inference import regress_detected, stand_in_landmarks
 
             with _timer(timings, "regressor"):
                 box = torch.as_tensor(face_box(face), dtype=torch.float64)[None]
-                est = regress_boxes(self.regressor, model, photo, box, K, passes=cfg.regressor_passes,
-                                    fitter=self._fitter)
+                est = regress_detected(self.regressor, model, photo, box, lm, K, passes=cfg.regressor_passes,
+                                       fitter=self._fitter)
                 lm, weights, replaced = stand_in_landmarks(lm, est, cfg.stand_in)
                 stand_in = replaced[0].cpu().numpy()
             with _timer(timings, "fit"):

@@ -206,3 +206,17 @@ def test_reconstruct_init_regressor_repairs_guessed_landmarks(shipped, ict_model
     assert rec.init == "regressor" and rec.stand_in[48:68].mean() > 0.7 and rec.stand_in[:48].mean() < 0.2
     assert rec.to_json()["stand_in_landmarks"] == np.flatnonzero(rec.stand_in).tolist()
     assert robust < 0.75 * plain, (robust, plain)
+
+
+def test_init_auto_and_missing_regressor(toy):
+    """init="auto" falls back to the landmarks for a model with no regressor; asking for the
+    regressor there is a backend-unavailable error (exit code 6) that says how to train one."""
+    from face3d.errors import BackendUnavailableError
+    from face3d.pipeline import ReconstructConfig, Reconstructor
+
+    assert Reconstructor(ReconstructConfig(init="auto"), model=toy).init_mode == "landmarks"
+    assert Reconstructor(ReconstructConfig(init="auto", regressor="x.pt"), model=toy).init_mode == "regressor"
+    rec = Reconstructor(ReconstructConfig(init="regressor"), model=toy)
+    with pytest.raises(BackendUnavailableError, match="train one") as ei:
+        rec.regressor
+    assert ei.value.exit_code == 6

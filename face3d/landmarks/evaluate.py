@@ -206,7 +206,8 @@ def _evaluate_one(sample: LandmarkSample) -> ImageResult:
     from face3d.imageio import load_image
 
     recon = _WORKER["recon"]
-    res = ImageResult(sample.name, sample.yaw_deg, sample.yaw_bin, False, externally_occluded=sample.externally_occluded)
+    res = ImageResult(sample.name, sample.yaw_deg, sample.yaw_bin, False,
+                      externally_occluded=sample.externally_occluded)
     t0 = time.perf_counter()
     try:
         image = load_image(sample.image)

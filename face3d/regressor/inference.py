@@ -40,7 +40,8 @@ from face3d.morphable_model import MorphableModel
 from face3d.regressor.model import FaceRegressor
 
 __all__ = ["RegressorEstimate", "StandInSettings", "crop_template", "robust_crop_transform", "crop_pose_to_photo",
-           "regress_faces", "regress_boxes", "box_crop_transform", "recentred_transform", "stand_in_landmarks",
+           "regress_faces", "regress_boxes", "regress_detected", "box_crop_transform", "recentred_transform",
+           "stand_in_landmarks",
            "default_regressor_path", "DEFAULT_REGRESSORS"]
 
 #: shipped regressors (in ``assets/regressor/``) by model name; scripts/train_default_regressor.sh
@@ -258,6 +259,33 @@ def regress_faces(regressor: FaceRegressor, model: MorphableModel, photo: Tensor
     size = _size_of(regressor, size)
     A = robust_crop_transform(landmarks, model, size)                           # (B, 2, 3) float64
     return _estimate(regressor, model, photo, A, intrinsics, size, _fitter_for(model, fitter))
+
+
+@torch.no_grad()
+def regress_detected(regressor: FaceRegressor, model: MorphableModel, photo: Tensor, boxes: Tensor, landmarks: Tensor,
+                     intrinsics: Intrinsics, passes: int = 2, frontal_deg: float = 35.0, size: Optional[int] = None,
+                     fitter=None) -> RegressorEstimate:
+    """The regressor on detected faces: boxes (B, 4) (68-point-box framing) and the detector's
+    landmarks (B, 68, 2). The first look is at the box (:func:`regress_boxes`); where that
+    estimate is within ``frontal_deg`` of frontal the detector's points are trustworthy and the
+    final look is at their robust crop (:func:`regress_faces`, the framing the regressor's
+    photos were aligned with in training), elsewhere at the crop the estimate itself frames."""
+    size = _size_of(regressor, size)
+    fitter = _fitter_for(model, fitter)
+    first = regress_boxes(regressor, model, photo, boxes, intrinsics, passes=1, size=size, fitter=fitter)
+    if passes <= 1:
+        return first
+    frontal = first.yaw_deg.abs() < frontal_deg
+    A = recentred_transform(first, size)
+    if bool(frontal.any()):
+        A[frontal] = robust_crop_transform(landmarks[frontal.to(landmarks.device)], model, size)
+    est = _estimate(regressor, model, photo, A, intrinsics, size, fitter)
+    for _ in range(passes - 2):
+        A = recentred_transform(est, size)
+        keep = est.yaw_deg.abs() < frontal_deg
+        A[keep] = est.transform[keep]
+        est = _estimate(regressor, model, photo, A, intrinsics, size, fitter)
+    return est
 
 
 def _similarity(scale: Tensor, centre_photo: Tensor, centre_crop: float) -> Tensor:

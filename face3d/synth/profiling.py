@@ -232,7 +232,7 @@ def build_profiled_set(folders: Sequence[str], out_dir: str, model: MorphableMod
     bar = tqdm(total=len(items) * views, desc="profiling", unit="view", disable=not progress)
 
     def flush(force: bool = False) -> None:
-        nonlocal shard, written
+        nonlocal shard
         while len(shard) >= SHARD_SIZE or (force and shard):
             part, shard = shard[:SHARD_SIZE], shard[SHARD_SIZE:]
             path = out / f"shard_{len(written):04d}.npz"
