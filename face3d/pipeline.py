@@ -358,11 +358,27 @@ class Reconstructor:
                 box = torch.as_tensor(face_box(face), dtype=torch.float64)[None]
                 est = regress_detected(self.regressor, model, photo, box, lm, K, passes=cfg.regressor_passes,
                                        fitter=self._fitter)
-                lm, weights, replaced = stand_in_landmarks(lm, est, cfg.stand_in)
+            si = cfg.stand_in
+            limit = si.regressor_only_deg if si.regressor_only_deg is not None else si.large_yaw_deg
+            frontal = float(est.yaw_deg.abs().max()) < limit
+            if si.near_frontal == "detector":
+                with _timer(timings, "fit"):
+                    fit = self._fitter.fit(lm, K)
+                # a turned head needs two witnesses: the regressor's yaw, and the detected points'
+                # own fit or a detector other than HOG (which finds few faces past 45°); the
+                # regressor alone sometimes sees a frontal face as turned
+                det_yaw = float(fit.yaw_pitch_roll()[0].abs().max())
+                turned = det_yaw >= si.detector_turned_deg or not face.detector.endswith("hog")
+                frontal = frontal or not turned
+            if frontal and si.near_frontal == "detector":
+                # the detector's points hold near frontal: the fit of them alone (init="landmarks")
+                stand_in = np.zeros(lm.shape[1], dtype=bool)
+            else:
+                lm, weights, replaced = stand_in_landmarks(lm, est, si)
                 stand_in = replaced[0].cpu().numpy()
-            with _timer(timings, "fit"):
-                fit = self._fitter.fit(lm, K, weights=weights,
-                                       init=(est.R, est.t, est.params.alpha, est.params.beta))
+                with _timer(timings, "fit"):
+                    fit = self._fitter.fit(lm, K, weights=weights,
+                                           init=(est.R, est.t, est.params.alpha, est.params.beta))
         else:
             with _timer(timings, "fit"):
                 fit = self._fitter.fit(lm, K)
