@@ -350,7 +350,13 @@ class Reconstructor:
         if self._fitter is None:
             self._fitter = LandmarkFitter(model, cfg.fit, device=dev)
         stand_in = None
-        if self.init_mode == "regressor":
+        si = cfg.stand_in
+        # a face dlib's HOG accepted is one its 68-point predictor was trained for (HOG finds few
+        # faces past 45°): with near_frontal="detector" its points are fitted alone and the
+        # regressor is not even run; it takes over where HOG gave up (the cascade's CNN or Haar
+        # stage, a given box, another detector) and it sees a turned head
+        hog_face = face.detector.endswith("hog") and si.near_frontal == "detector"
+        if self.init_mode == "regressor" and not hog_face:
             from face3d.landmarks.cascade import face_box
             from face3d.regressor.inference import regress_detected, stand_in_landmarks
 
@@ -358,21 +364,11 @@ class Reconstructor:
                 box = torch.as_tensor(face_box(face), dtype=torch.float64)[None]
                 est = regress_detected(self.regressor, model, photo, box, lm, K, passes=cfg.regressor_passes,
                                        fitter=self._fitter)
-            si = cfg.stand_in
             limit = si.regressor_only_deg if si.regressor_only_deg is not None else si.large_yaw_deg
-            frontal = float(est.yaw_deg.abs().max()) < limit
-            if si.near_frontal == "detector":
+            if float(est.yaw_deg.abs().max()) < limit and si.near_frontal == "detector":
+                stand_in = np.zeros(lm.shape[1], dtype=bool)
                 with _timer(timings, "fit"):
                     fit = self._fitter.fit(lm, K)
-                # a turned head needs two witnesses: the regressor's yaw, and the detected points'
-                # own fit or a detector other than HOG (which finds few faces past 45°); the
-                # regressor alone sometimes sees a frontal face as turned
-                det_yaw = float(fit.yaw_pitch_roll()[0].abs().max())
-                turned = det_yaw >= si.detector_turned_deg or not face.detector.endswith("hog")
-                frontal = frontal or not turned
-            if frontal and si.near_frontal == "detector":
-                # the detector's points hold near frontal: the fit of them alone (init="landmarks")
-                stand_in = np.zeros(lm.shape[1], dtype=bool)
             else:
                 lm, weights, replaced = stand_in_landmarks(lm, est, si)
                 stand_in = replaced[0].cpu().numpy()

