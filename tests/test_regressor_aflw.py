@@ -44,8 +44,9 @@ def slice_summaries(aflw_slice, ict_model):
     return res
 
 
-# measured on this slice: regressor 7.10 / 16.38 / 24.73 %, dlib's points 4.84 / 13.43 / 27.32 %
-LIMITS = {"[0,30)": 0.080, "[30,60)": 0.180, "[60,90]": 0.260}
+# measured on this slice: default (regressor where HOG gave up) 4.84 / 14.98 / 25.85 %,
+# dlib's points everywhere 4.84 / 13.43 / 27.32 %
+LIMITS = {"[0,30)": 0.055, "[30,60)": 0.170, "[60,90]": 0.270}
 
 
 def test_shipped_regressor_margin_per_bin(slice_summaries):
@@ -53,5 +54,6 @@ def test_shipped_regressor_margin_per_bin(slice_summaries):
     for name, limit in LIMITS.items():
         assert reg["bins"][name]["detection_rate"] == 1.0
         assert reg["bins"][name]["nme"] < limit, (name, reg["bins"][name], dlib["bins"][name])
-    # at 60-90° dlib's 2-D points fail: there the regressor must beat them (measured 0.905×)
-    assert reg["bins"]["[60,90]"]["nme"] < 0.95 * dlib["bins"]["[60,90]"]["nme"], (reg["bins"], dlib["bins"])
+    # at 60-90° dlib's 2-D points fail: there the regressor must beat them (measured 0.946×; on
+    # all 1000 images 22.3 % against 27.8 %)
+    assert reg["bins"]["[60,90]"]["nme"] < 0.97 * dlib["bins"]["[60,90]"]["nme"], (reg["bins"], dlib["bins"])
