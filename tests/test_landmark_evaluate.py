@@ -125,6 +125,9 @@ def test_evaluate_command_gt_box(tmp_path, shared_data, ict_model):
     assert summary["nme_all"] == pytest.approx(np.mean(nmes), abs=1e-5)
     assert summary["detection_rate"] == 1.0 and summary["gt_box"] is True
     assert (out / "ced.png").stat().st_size > 1000
+    from PIL import Image
+
+    assert Image.open(out / "sheet.png").size == (6 * 200, 3 * 200)
 
 
 def test_evaluate_command_errors(tmp_path):

@@ -17,8 +17,9 @@ elsewhere in the photo is a miss, not a huge NME). Where per-point visibility la
 (``externally_occluded``) and the others: the mean of the per-point normalised errors pooled
 over every labelled image.
 
-Outputs (``--out DIR``): ``images.csv`` (one row per image), ``summary.json`` and
-``ced.png`` (the cumulative error distribution per bin), plus a printed table.
+Outputs (``--out DIR``): ``images.csv`` (one row per image), ``summary.json``, ``ced.png``
+(the cumulative error distribution per bin) and ``sheet.png`` (a contact sheet: per bin, images
+spread over it with the true and the fitted points), plus a printed table.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ import numpy as np
 from face3d.landmarks.groundtruth import YAW_BINS, LandmarkSample
 
 __all__ = ["point_errors", "ImageResult", "summarize", "evaluate_samples", "format_summary", "ced_plot",
+           "contact_sheet",
            "add_arguments", "run"]
 
 
@@ -58,6 +60,7 @@ class ImageResult:
     nme: float = float("nan")
     detector: str = ""
     errors: Optional[np.ndarray] = field(default=None, repr=False)
+    predicted: Optional[np.ndarray] = field(default=None, repr=False)
     externally_occluded: Optional[np.ndarray] = field(default=None, repr=False)
     time_ms: dict[str, float] = field(default_factory=dict)
     error: str = ""
@@ -175,6 +178,41 @@ def ced_plot(results: Sequence[ImageResult], max_nme: float = 0.10, size: tuple[
     return np.asarray(img)
 
 
+def contact_sheet(samples: Sequence[LandmarkSample], results: Sequence[ImageResult], per_bin: int = 6,
+                  tile: int = 200) -> np.ndarray:
+    """(H, W, 3) uint8: per yaw bin (one row each) ``per_bin`` images spread evenly over the bin,
+    cropped around the true face, true points green, fitted points red, NME written on (a missed
+    face shows only the truth and "missed")."""
+    from PIL import Image, ImageDraw
+
+    from face3d.imageio import load_image
+
+    rows = []
+    for b in range(len(YAW_BINS) - 1):
+        idx = [i for i, s in enumerate(samples) if s.yaw_bin == b]
+        pick = [idx[round(k * (len(idx) - 1) / max(per_bin - 1, 1))] for k in range(per_bin)] if idx else []
+        row = Image.new("RGB", (tile * per_bin, tile), (40, 40, 40))
+        for k, i in enumerate(dict.fromkeys(pick)):
+            s, r = samples[i], results[i]
+            c, half = 0.5 * (s.box[:2] + s.box[2:]), 0.75 * float(max(s.box[2:] - s.box[:2]))
+            x0, y0 = c - half
+            box = (int(x0), int(y0), int(x0 + 2 * half), int(y0 + 2 * half))
+            im = Image.fromarray(load_image(s.image).rgb).crop(box)
+            scale = tile / im.width
+            im = im.resize((tile, tile))
+            d = ImageDraw.Draw(im)
+            for pts, colour in ((s.landmarks, (0, 255, 0)), (r.predicted, (255, 40, 40))):
+                if pts is None:
+                    continue
+                for x, y in (pts - [x0, y0]) * scale:
+                    d.ellipse([x - 1.5, y - 1.5, x + 1.5, y + 1.5], fill=colour)
+            label = f"{s.name} yaw {s.yaw_deg:.0f}: " + (f"{100 * r.nme:.1f}%" if r.found else "missed")
+            d.text((3, 3), label, fill=(255, 255, 0))
+            row.paste(im, (k * tile, 0))
+        rows.append(np.asarray(row))
+    return np.concatenate(rows, 0) if rows else np.zeros((tile, tile, 3), np.uint8)
+
+
 # --------------------------------------------------------------------------- running
 _WORKER: dict[str, Any] = {}
 
@@ -226,7 +264,8 @@ def _evaluate_one(sample: LandmarkSample) -> ImageResult:
         a = aligned[0]
         for k, v in a.timings_ms.items():
             res.time_ms[k] = v
-        res.errors = point_errors(a.landmarks_fitted, sample.landmarks)
+        res.predicted = np.asarray(a.landmarks_fitted, np.float64)
+        res.errors = point_errors(res.predicted, sample.landmarks)
         res.nme = float(res.errors.mean())
         res.found = True
         res.detector = face.detector
@@ -352,8 +391,9 @@ def run(name: str, args: argparse.Namespace) -> int:
         with atomic_write(out / "summary.json") as tmp:
             Path(tmp).write_text(json.dumps(summary, indent=1))
         save_image_atomic(out / "ced.png", ced_plot(results))
+        save_image_atomic(out / "sheet.png", contact_sheet(samples, results))
     except OSError as e:
         raise OutputError(f"{out}: cannot write ({e.strerror or e})") from None
     print(format_summary(summary))
-    print(f"wrote {out / 'images.csv'}, {out / 'summary.json'}, {out / 'ced.png'}")
+    print(f"wrote {out / 'images.csv'}, {out / 'summary.json'}, {out / 'ced.png'}, {out / 'sheet.png'}")
     return 0

@@ -199,6 +199,7 @@ def build_profiled_set(folders: Sequence[str], out_dir: str, model: MorphableMod
     """Profile every usable face of ``folders`` ``views`` times into ``out_dir/shard_NNNN.npz``
     (``images`` (N, S, S, 3) uint8, ``params`` (N, P) float32, ``landmarks`` (N, 68, 2), ``source``
     (N,) item names). Existing shards are kept (a rerun resumes). Returns the number of views."""
+    from PIL import Image
     from tqdm import tqdm
 
     from face3d.io_utils import atomic_write
@@ -270,8 +271,6 @@ def build_profiled_set(folders: Sequence[str], out_dir: str, model: MorphableMod
                 float(it["fit_error"]) > max_err:
             bar.update(views)
             continue
-        from PIL import Image
-
         with Image.open(ds.items[i][0]) as im:  # the header only: where the crop has photo pixels
             w, h = im.size
             if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF-rotated by a quarter turn on load
